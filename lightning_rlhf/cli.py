@@ -1,0 +1,98 @@
+"""The ``lightning-rlhf`` command.
+
+Training commands (fit, validate, test, predict) are Lightning's CLI driven by a recipe;
+the others (list-plugins, list-recipes, export, ...) are small commands of their own.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from lightning_rlhf import registry
+from lightning_rlhf.algorithm import Algorithm
+
+
+def _patch_algorithm_names() -> None:
+    """Let a recipe name a plugin by its registered name (``class_path: dpo``).
+
+    jsonargparse resolves a dot-free ``class_path`` against the *class* names of loaded
+    subclasses; this teaches that one lookup the registry's names, and makes an unknown
+    name an error that lists the valid ones.
+    """
+    from jsonargparse import _typehints
+
+    original = _typehints.resolve_class_path_by_name
+    if getattr(original, "_lightning_rlhf", False):
+        return
+
+    def resolve(cls, name: str) -> str:
+        if isinstance(cls, type) and issubclass(cls, Algorithm) and "." not in name:
+            algorithms = registry.list_algorithms()
+            if name in algorithms:
+                return registry.class_path(name)
+            if not any(name == c.__name__ for c in algorithms.values()):
+                raise registry.UnknownAlgorithmError(
+                    f"unknown algorithm {name!r}; registered algorithms are: {', '.join(algorithms)}"
+                )
+        return original(cls, name)
+
+    resolve._lightning_rlhf = True
+    _typehints.resolve_class_path_by_name = resolve
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Also send the fully resolved recipe to the logger (W&B's run config)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.logger is not None:
+            config = self.parser.dump(self.config, skip_none=False, format="json")
+            import json
+
+            trainer.logger.log_hyperparams({"recipe": json.loads(config)})
+
+
+class RLHFCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True):
+        _patch_algorithm_names()
+        registry.load_entry_points()
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=LoggerSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "yaml"},
+            seed_everything_default=0,
+            args=args,
+            run=run,
+        )
+
+
+def _extra_commands() -> dict[str, Callable[[list[str]], int]]:
+    from lightning_rlhf import commands
+
+    return commands.COMMANDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = _extra_commands()
+    if argv and argv[0] in extra:
+        return extra[argv[0]](argv[1:]) or 0
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: lightning-rlhf {fit,validate,test,predict} --config RECIPE.yaml [overrides]")
+        print("       lightning-rlhf {" + ",".join(extra) + "} [...]\n")
+        print("Training commands take a recipe (see `lightning-rlhf list-recipes`);")
+        print("`lightning-rlhf fit --help` lists every recipe key.")
+        return 0
+    RLHFCLI(args=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

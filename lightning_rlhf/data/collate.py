@@ -1,0 +1,60 @@
+"""Padding tokenised rows into batches.
+
+Every batch carries ``input_ids``, ``attention_mask`` and ``completion_mask`` (which
+tokens are trained on), plus ``logp_index``: the flat positions at which the model's
+head is needed, computed here on the CPU so the training step never has to ask the
+accelerator how many there are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_rlhf.ops import completion_index
+
+
+def pad_sequences(
+    sequences: list[tuple[list[int], list[int]]], pad_token_id: int, pad_to_multiple_of: int = 1
+) -> dict[str, Tensor]:
+    """Right-pad (prompt_ids, completion_ids) pairs into one batch."""
+    longest = max(len(p) + len(c) for p, c in sequences)
+    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    completion_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, (prompt, completion) in enumerate(sequences):
+        n_prompt, n_total = len(prompt), len(prompt) + len(completion)
+        input_ids[i, :n_total] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[i, :n_total] = True
+        completion_mask[i, n_prompt:n_total] = True
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+        "logp_index": completion_index(completion_mask),
+    }
+
+
+class SFTCollator:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1):
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, Tensor]:
+        return pad_sequences([(r["prompt_ids"], r["completion_ids"]) for r in rows], self.pad_token_id, self.pad_to_multiple_of)
+
+
+class PreferenceCollator:
+    """Chosen rows first, then rejected rows, in one tensor: one forward pass for both."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1):
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, Tensor]:
+        sequences = [(r["prompt_ids"], r["chosen_ids"]) for r in rows]
+        sequences += [(r["prompt_ids"], r["rejected_ids"]) for r in rows]
+        batch = pad_sequences(sequences, self.pad_token_id, self.pad_to_multiple_of)
+        margins = [r.get("margin") for r in rows]
+        if any(m is not None for m in margins):
+            batch["margin"] = torch.tensor([0.0 if m is None else m for m in margins])
+        return batch

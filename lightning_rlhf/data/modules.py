@@ -1,0 +1,220 @@
+"""LightningDataModules: read rows, check them, tokenise them, batch them."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import ClassVar
+
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lightning_rlhf.data.collate import PreferenceCollator, SFTCollator
+from lightning_rlhf.data.errors import DataError
+from lightning_rlhf.data.formats import RowChecker, parse_preference, parse_sft
+from lightning_rlhf.data.readers import read_rows
+from lightning_rlhf.data.tokenize import RenderError, Tokenization
+
+log = logging.getLogger(__name__)
+
+
+class TextDataModule(L.LightningDataModule):
+    """Shared machinery; subclasses say how a row is parsed, encoded and collated."""
+
+    data_kind: ClassVar[str]
+
+    def __init__(
+        self,
+        path: str,
+        val_path: str | None = None,
+        val_fraction: float = 0.0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int | None = None,
+        split: str = "train",
+        chat_template: str | None = None,
+        tokenizer: str | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int = 1,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            path: JSONL/JSON/Parquet/CSV file, a directory saved by ``datasets``, or a hub id
+            val_path: held-out rows; if not given, ``val_fraction`` of ``path`` is held out
+            val_fraction: share of ``path`` held out for validation when there is no ``val_path``
+            batch_size: rows (prompts or pairs) per batch, per device
+            max_length: longest sequence, prompt and completion together, in tokens
+            max_prompt_length: longest prompt in tokens (default: half of ``max_length``)
+            split: the split to read from a dataset with several
+            chat_template: overrides the tokenizer's template for conversational rows
+            tokenizer: tokenizer id or path; default: the model's, lent by the module
+            pad_to_multiple_of: pad batch width to a multiple of this (tensor-core friendly)
+            seed: shuffling and the validation split
+        """
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.path, self.val_path, self.val_fraction = path, val_path, val_fraction
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.max_length, self.max_prompt_length = max_length, max_prompt_length
+        self.split, self.chat_template = split, chat_template
+        self.tokenizer_name = tokenizer
+        self.num_workers, self.pad_to_multiple_of, self.seed = num_workers, pad_to_multiple_of, seed
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_rows: list[dict] = []
+        self.val_rows: list[dict] = []
+        self.drop_reports: list[str] = []
+
+    # -- what subclasses provide ------------------------------------------------------
+    def parse(self, checker: RowChecker):
+        raise NotImplementedError
+
+    def encode(self, example, tokenization: Tokenization) -> dict | None:
+        """Token ids for one parsed row, or None (after ``tokenization.drop``) to drop it."""
+        raise NotImplementedError
+
+    def collator(self):
+        raise NotImplementedError
+
+    # -- the machinery ----------------------------------------------------------------
+    def _resolve_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_name is not None:
+            from lightning_rlhf.models.config import ModelSettings
+            from lightning_rlhf.models.loading import load_tokenizer
+
+            return load_tokenizer(ModelSettings(name_or_path=self.tokenizer_name))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        tokenizer = getattr(module, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(f"{type(self).__name__} needs a tokenizer: give `tokenizer`, or attach it to a module that has one")
+        return tokenizer
+
+    def load(self, path: str) -> list[dict]:
+        """Read, check and tokenise every row of ``path``."""
+        tokenization = Tokenization(self.tokenizer, self.max_length, self.max_prompt_length, self.chat_template)
+        rows, total = [], 0
+        for row, record in read_rows(path, self.split):
+            total += 1
+            checker = RowChecker(path, row, record)
+            example = self.parse(checker)
+            try:
+                encoded = self.encode(example, tokenization)
+            except RenderError as e:
+                raise DataError(path, row, None, str(e)) from None
+            if encoded is not None:
+                rows.append(encoded)
+        if total == 0:
+            raise DataError(path, None, None, "no rows")
+        report = tokenization.drop_report(total, path)
+        if report:
+            log.warning(report)
+            self.drop_reports.append(report)
+        if not rows:
+            raise DataError(path, None, None, f"every row was dropped ({report})")
+        return rows
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_rows:
+            return
+        self.tokenizer = self._resolve_tokenizer()
+        rows = self.load(self.path)
+        if self.val_path is not None:
+            self.train_rows, self.val_rows = rows, self.load(self.val_path)
+        elif self.val_fraction > 0:
+            order = list(range(len(rows)))
+            random.Random(self.seed).shuffle(order)
+            n_val = max(1, int(len(rows) * self.val_fraction))
+            held_out = set(order[:n_val])
+            self.val_rows = [r for i, r in enumerate(rows) if i in held_out]
+            self.train_rows = [r for i, r in enumerate(rows) if i not in held_out]
+        else:
+            self.train_rows = rows
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_rows,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_rows:
+            return []
+        return DataLoader(
+            self.val_rows, batch_size=self.val_batch_size, collate_fn=self.collator(), num_workers=self.num_workers
+        )
+
+
+class SFTDataModule(TextDataModule):
+    """Prompt/completion rows for supervised fine-tuning (see ``data.formats``)."""
+
+    data_kind = "sft"
+
+    def __init__(self, *args, train_on_prompt: bool = False, **kwargs):
+        """
+        Args:
+            train_on_prompt: train on every token, prompt included, not only the completion
+        """
+        super().__init__(*args, **kwargs)
+        self.train_on_prompt = train_on_prompt
+
+    def parse(self, checker: RowChecker):
+        return parse_sft(checker)
+
+    def encode(self, example, tokenization: Tokenization) -> dict | None:
+        prompt_text, completion_text = tokenization.render(example.prompt, example.completion)
+        if not completion_text.strip():
+            tokenization.drop("empty completion")
+            return None
+        tokens = tokenization.truncate(tokenization.prompt_ids(prompt_text), tokenization.completion_ids(completion_text))
+        if tokens is None:
+            tokenization.drop("completion empty after truncation")
+            return None
+        if self.train_on_prompt:
+            return {"prompt_ids": [], "completion_ids": tokens.prompt_ids + tokens.completion_ids}
+        return {"prompt_ids": tokens.prompt_ids, "completion_ids": tokens.completion_ids}
+
+    def collator(self):
+        return SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+
+class PreferenceDataModule(TextDataModule):
+    """Chosen/rejected pairs, explicit or implicit prompt (see ``data.formats``)."""
+
+    data_kind = "preference"
+
+    def parse(self, checker: RowChecker):
+        return parse_preference(checker)
+
+    def encode(self, example, tokenization: Tokenization) -> dict | None:
+        prompt_text, chosen_text = tokenization.render(example.prompt, example.chosen)
+        _, rejected_text = tokenization.render(example.prompt, example.rejected)
+        if not chosen_text.strip() or not rejected_text.strip():
+            tokenization.drop("empty completion")
+            return None
+        if chosen_text == rejected_text:
+            tokenization.drop("chosen identical to rejected")
+            return None
+        prompt_ids = tokenization.prompt_ids(prompt_text)
+        chosen = tokenization.truncate(prompt_ids, tokenization.completion_ids(chosen_text))
+        rejected = tokenization.truncate(prompt_ids, tokenization.completion_ids(rejected_text))
+        if chosen is None or rejected is None:
+            tokenization.drop("completion empty after truncation")
+            return None
+        row = {"prompt_ids": chosen.prompt_ids, "chosen_ids": chosen.completion_ids, "rejected_ids": rejected.completion_ids}
+        if example.margin is not None:
+            row["margin"] = example.margin
+        if example.rating is not None:
+            row["rating"] = example.rating
+        return row
+
+    def collator(self):
+        return PreferenceCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)

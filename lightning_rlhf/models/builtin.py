@@ -1,0 +1,77 @@
+"""Models the package can build in-process, named ``builtin:<name>`` in a recipe.
+
+No machine this project is tested on reaches a model hub, so the tiny test model and the
+toy world's models are built from code, written to a cache directory once, and then
+loaded through the same ``from_pretrained`` path as any hub id or local directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+PREFIX = "builtin:"
+
+# name -> function(directory) that writes a transformers model + tokenizer there.
+_BUILDERS: dict[str, Callable[[Path], None]] = {}
+
+
+def register_builtin(name: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
+    def wrap(build: Callable[[Path], None]) -> Callable[[Path], None]:
+        _BUILDERS[name] = build
+        return build
+
+    return wrap
+
+
+def cache_root() -> Path:
+    """Where built models live: ``$LIGHTNING_RLHF_HOME`` or ``~/.cache/lightning-rlhf``."""
+    root = os.environ.get("LIGHTNING_RLHF_HOME") or Path.home() / ".cache" / "lightning-rlhf"
+    return Path(root)
+
+
+def builtin_names() -> list[str]:
+    _load_builders()
+    return sorted(_BUILDERS)
+
+
+def is_builtin(name_or_path: str) -> bool:
+    return name_or_path.startswith(PREFIX)
+
+
+def resolve(name_or_path: str) -> str:
+    """Turn ``builtin:<name>`` into the directory holding it (building it on first use);
+    anything else is returned unchanged for ``from_pretrained``."""
+    if not is_builtin(name_or_path):
+        return name_or_path
+    name = name_or_path[len(PREFIX) :]
+    _load_builders()
+    if name not in _BUILDERS:
+        raise ValueError(
+            f"unknown built-in model {name_or_path!r}; built-in models are: "
+            + ", ".join(PREFIX + n for n in sorted(_BUILDERS))
+        )
+    directory = cache_root() / "models" / name
+    done = directory / ".complete"
+    if not done.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        # Several DDP workers may ask for the same model at once: one builds, the rest wait.
+        with FileLock(str(directory) + ".lock"):
+            if not done.exists():
+                directory.mkdir(parents=True, exist_ok=True)
+                _BUILDERS[name](directory)
+                done.touch()
+    return str(directory)
+
+
+def _load_builders() -> None:
+    # Importing these modules runs their @register_builtin decorators.
+    from lightning_rlhf.models import tiny  # noqa: F401
+
+    try:
+        from lightning_rlhf.toyworld import models as _toyworld  # noqa: F401
+    except ImportError:
+        pass

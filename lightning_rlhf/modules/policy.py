@@ -1,0 +1,234 @@
+"""PolicyModule: trains a causal LM with whatever objective its algorithm plugin defines.
+
+The module owns the policy, the frozen reference (when the plugin needs one), the
+optimiser and the loop; it lends the plugin log-probabilities and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_rlhf.algorithm import Algorithm, SequenceLogps, algorithm_spec
+from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
+from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.ops import completion_index, selective_logps
+
+log = logging.getLogger(__name__)
+
+REFERENCE_PREFIX = "reference_model."
+
+
+class PolicyModule(L.LightningModule):
+    def __init__(
+        self,
+        policy: ModelSettings,
+        algorithm: Algorithm,
+        reference: ModelSettings | None = None,
+        optimizer: OptimizerSettings | None = None,
+        logps_chunk_size: int = 1024,
+        disable_dropout: bool = True,
+        export_dir: str | None = None,
+        export_merged: bool = True,
+    ):
+        """
+        Args:
+            policy: the model to train
+            algorithm: the objective, a registered plugin (``class_path: dpo``)
+            reference: the frozen reference model, for plugins that need one. Default: the
+                policy with its LoRA adapters disabled if it has them, else a frozen copy of
+                the policy's starting weights
+            optimizer: AdamW and learning-rate schedule settings
+            logps_chunk_size: positions per chunk when applying the output head
+            disable_dropout: turn dropout off in the policy, so chosen and rejected, policy
+                and reference, are scored by the same function
+            export_dir: when fit ends, save the policy here in Hugging Face format
+            export_merged: merge LoRA adapters into the exported weights (else save the adapter)
+        """
+        super().__init__()
+        # Plain data only, so a checkpoint loads with torch.load(weights_only=True) and the
+        # run config in W&B reads like the recipe.
+        self.save_hyperparameters(
+            {
+                "policy": asdict(policy),
+                "algorithm": algorithm_spec(algorithm),
+                "reference": asdict(reference) if reference else None,
+                "optimizer": asdict(optimizer or OptimizerSettings()),
+                "logps_chunk_size": logps_chunk_size,
+                "disable_dropout": disable_dropout,
+                "export_dir": export_dir,
+                "export_merged": export_merged,
+            }
+        )
+        self.policy_settings = policy
+        self.reference_settings = reference
+        self.algorithm = algorithm
+        self.optimizer_settings = optimizer or OptimizerSettings()
+        self.logps_chunk_size = logps_chunk_size
+        self.disable_dropout = disable_dropout
+        self.export_dir, self.export_merged = export_dir, export_merged
+        self.tokenizer = load_tokenizer(policy)
+        self.policy: torch.nn.Module | None = None
+        self.reference_model: torch.nn.Module | None = None
+
+    # -- models -------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        self.policy = load_causal_lm(self.policy_settings, trainable=True)
+        self.policy.train()
+        if self.disable_dropout:
+            _disable_dropout(self.policy)
+        if self.algorithm.needs_reference and not self.uses_adapter_reference:
+            settings = self.reference_settings or self.policy_settings
+            self.reference_model = load_causal_lm(settings, trainable=False)
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> PolicyModule:
+        """Rebuild a module from the hyperparameters stored in its checkpoint."""
+        from lightning_rlhf.registry import create_algorithm_from_spec
+
+        return cls(
+            policy=ModelSettings.from_dict(hparams["policy"]),
+            algorithm=create_algorithm_from_spec(hparams["algorithm"]),
+            reference=ModelSettings.from_dict(hparams["reference"]) if hparams.get("reference") else None,
+            optimizer=OptimizerSettings(**hparams["optimizer"]),
+            logps_chunk_size=hparams["logps_chunk_size"],
+            disable_dropout=hparams["disable_dropout"],
+            export_dir=hparams.get("export_dir"),
+            export_merged=hparams.get("export_merged", True),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> PolicyModule:
+        """Load a module, weights included, from a Lightning checkpoint."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        module = cls.from_hparams(checkpoint["hyper_parameters"])
+        module.configure_model()
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module
+
+    @property
+    def uses_adapter_reference(self) -> bool:
+        """The reference is the policy with adapters off: no second copy in memory."""
+        return self.reference_settings is None and self.policy_settings.lora is not None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        kind = getattr(datamodule, "data_kind", None)
+        if kind is not None and kind != self.algorithm.data:
+            raise ValueError(
+                f"algorithm {self.algorithm.name!r} reads {self.algorithm.data!r} data, "
+                f"but the data module {type(datamodule).__name__} gives {kind!r} data"
+            )
+
+    # -- what plugins may use -------------------------------------------------------------
+    def policy_logps(self, batch: dict[str, Tensor]) -> SequenceLogps:
+        return self._logps(self.policy, batch)
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, Tensor]) -> SequenceLogps:
+        if not self.algorithm.needs_reference:
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_reference = False")
+        if self.reference_model is not None:
+            return self._logps(self.reference_model, batch)
+        with self.policy.disable_adapter():
+            return self._logps(self.policy, batch)
+
+    def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> SequenceLogps:
+        hf_model = unwrap(model)
+        hidden = hf_model.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        index = batch.get("logp_index")
+        if index is None:
+            index = completion_index(batch["completion_mask"])
+        token_logps = selective_logps(
+            hidden,
+            batch["input_ids"],
+            index,
+            hf_model.get_output_embeddings(),
+            chunk_size=self.logps_chunk_size,
+            logit_softcap=getattr(hf_model.config, "final_logit_softcapping", None),
+        )
+        return SequenceLogps(token_logps, batch["completion_mask"][:, 1:])
+
+    # -- the loop -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.algorithm.loss(self, batch)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in out.metrics.items()}, batch_size=batch_size)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self.algorithm.loss(self, batch)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in out.metrics.items()}, batch_size=batch_size, sync_dist=True)
+
+    def configure_optimizers(self):
+        return self.optimizer_settings.build(self.policy.parameters(), int(self.trainer.estimated_stepping_batches))
+
+    def on_train_start(self) -> None:
+        if self.reference_model is not None:
+            self.reference_model.eval()
+
+    def on_fit_end(self) -> None:
+        if self.export_dir and self.trainer.is_global_zero:
+            self.save_pretrained(self.export_dir, merged=self.export_merged)
+
+    # -- checkpoints and export ----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The frozen reference is rebuilt from its settings; storing it would double the file.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.reference_model is not None:
+            for key, value in self.reference_model.state_dict().items():
+                checkpoint["state_dict"].setdefault(REFERENCE_PREFIX + key, value)
+
+    def save_pretrained(self, directory: str | Path, merged: bool = True) -> Path:
+        """Write the policy in Hugging Face format, loadable by ``from_pretrained``."""
+        return export_policy(self.policy, self.tokenizer, directory, merged)
+
+
+def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merged: bool = True) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model) and merged:
+        import copy
+
+        if getattr(unwrap(model), "is_loaded_in_4bit", False):
+            raise ValueError("cannot merge LoRA into 4-bit weights here; export the adapter (merged: false)")
+        merged_model = copy.deepcopy(model).merge_and_unload()
+        merged_model.save_pretrained(directory, safe_serialization=True)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    log.info("exported the policy to %s", directory)
+    return directory
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+
+
+# The frozen reference is in eval mode on purpose, and a run without validation data
+# returns no validation loader; Lightning warns about both.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
