@@ -1,4 +1,10 @@
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.modules import PreferenceDataModule, SFTDataModule, TextDataModule
 
-__all__ = ["DataError", "PreferenceDataModule", "SFTDataModule", "TextDataModule"]
+# The data module that reads each data kind an algorithm can declare.
+DATA_MODULES = {
+    "sft": SFTDataModule,
+    "preference": PreferenceDataModule,
+}
+
+__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "SFTDataModule", "TextDataModule"]
