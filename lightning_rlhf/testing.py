@@ -30,6 +30,19 @@ SAMPLE_ROWS: dict[str, list[dict]] = {
             "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
         },
     ],
+    "ranking": [
+        {"prompt": "How was the film?", "completions": [" It was lovely.", " It was fine.", " It was dull."]},
+        {"prompt": "Name a colour.", "completions": [" Seven.", " Blue."], "scores": [0.1, 0.9]},
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "completions": [
+                [{"role": "assistant", "content": "Hello there!"}],
+                [{"role": "assistant", "content": "Hi."}],
+                [{"role": "assistant", "content": "Go away."}],
+            ],
+            "scores": [2.0, 2.0, -1.0],
+        },
+    ],
 }
 
 TINY_MODEL = "builtin:tiny-llama"
