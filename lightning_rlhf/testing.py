@@ -43,6 +43,16 @@ SAMPLE_ROWS: dict[str, list[dict]] = {
             "scores": [2.0, 2.0, -1.0],
         },
     ],
+    "unpaired": [
+        {"prompt": "How was the film?", "completion": " It was lovely.", "label": True},
+        {"prompt": "Name a colour.", "completion": " Seven.", "label": "false"},
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "completion": [{"role": "assistant", "content": "Hello there!"}],
+            "label": "True",
+        },
+        {"prompt": "Say something kind.", "completion": " Go away.", "label": False},
+    ],
 }
 
 TINY_MODEL = "builtin:tiny-llama"

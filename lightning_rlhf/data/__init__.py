@@ -1,12 +1,14 @@
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.modules import PreferenceDataModule, SFTDataModule, TextDataModule
 from lightning_rlhf.data.ranking import RankingDataModule
+from lightning_rlhf.data.unpaired import UnpairedDataModule
 
 # The data module that reads each data kind an algorithm can declare.
 DATA_MODULES = {
     "sft": SFTDataModule,
     "preference": PreferenceDataModule,
     "ranking": RankingDataModule,
+    "unpaired": UnpairedDataModule,
 }
 
-__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "RankingDataModule", "SFTDataModule", "TextDataModule"]
+__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "RankingDataModule", "SFTDataModule", "TextDataModule", "UnpairedDataModule"]
