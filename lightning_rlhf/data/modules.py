@@ -209,6 +209,10 @@ class PreferenceDataModule(TextDataModule):
         if chosen is None or rejected is None:
             tokenization.drop("completion empty after truncation")
             return None
+        if chosen.completion_ids == rejected.completion_ids:
+            # Two answers that differ only past max_length carry no preference signal.
+            tokenization.drop("chosen identical to rejected after truncation")
+            return None
         row = {"prompt_ids": chosen.prompt_ids, "chosen_ids": chosen.completion_ids, "rejected_ids": rejected.completion_ids}
         if example.margin is not None:
             row["margin"] = example.margin
