@@ -56,6 +56,27 @@ def export(argv: list[str]) -> int:
     return 0
 
 
+def label(argv: list[str]) -> int:
+    """Sample K completions per prompt, score them with a reward source, write preference pairs."""
+    from lightning_rlhf.collect import label_command
+
+    return label_command(argv)
+
+
+def evaluate(argv: list[str]) -> int:
+    """Compare a policy with a reference on held-out prompts: reward, win rate, KL, length."""
+    from lightning_rlhf.evaluate import evaluate_command
+
+    return evaluate_command(argv)
+
+
+def pipeline(argv: list[str]) -> int:
+    """Run the stages of a pipeline YAML (build, prompts, label, fit, evaluate) one after another."""
+    from lightning_rlhf.pipeline import pipeline_command
+
+    return pipeline_command(argv)
+
+
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     for row in [header, *rows]:
@@ -66,4 +87,7 @@ COMMANDS = {
     "list-plugins": list_plugins,
     "list-recipes": list_recipes,
     "export": export,
+    "label": label,
+    "evaluate": evaluate,
+    "pipeline": pipeline,
 }

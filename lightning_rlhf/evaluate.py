@@ -1,0 +1,204 @@
+"""``lightning-rlhf evaluate``: a policy against a reference on held-out prompts.
+
+Both models sample one completion per prompt (``--samples`` for more) with the same seed
+and settings; a reward source scores every completion. Reported:
+
+- mean reward of each model, and mean completion length in tokens (EOS counted);
+- win rate of the policy: over the pairs (policy sample i, reference sample i) of the
+  same prompt, ``mean(1[r_pi > r_ref] + 0.5 * 1[r_pi == r_ref])``;
+- KL(pi || pi_ref), the Monte-Carlo estimate on the policy's own samples y ~ pi::
+
+      KL ~= mean over samples of  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]
+
+  with both log-probabilities at temperature 1 on exactly the sampled tokens (EOS
+  included). It is unbiased for the sequence-level KL when sampling is at temperature 1
+  and top_p 1; under other settings it measures the divergence on those samples only
+  and the report says so. It needs the two models to share a tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+import torch
+
+EXAMPLES = 3
+
+
+def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) -> float:
+    """Share of pairs the policy wins, ties counting one half.
+
+    >>> win_rate([1.0, 0.0, 0.5], [0.0, 1.0, 0.5])  # win, loss, tie -> (1 + 0 + 0.5) / 3
+    0.5
+    """
+    policy, reference = torch.as_tensor(policy_scores, dtype=torch.float64), torch.as_tensor(reference_scores, dtype=torch.float64)
+    if policy.shape != reference.shape or policy.numel() == 0:
+        raise ValueError(f"need two equal, non-empty lists of scores, got {tuple(policy.shape)} and {tuple(reference.shape)}")
+    return float(((policy > reference).double() + 0.5 * (policy == reference).double()).mean())
+
+
+def kl_estimate(policy_logps: Sequence[float], reference_logps: Sequence[float]) -> float:
+    """mean_i [log pi(y_i) - log pi_ref(y_i)] over samples y_i ~ pi, each log-prob the
+    sum over the sample's tokens: the Monte-Carlo estimate of KL(pi || pi_ref)."""
+    policy, reference = torch.as_tensor(policy_logps, dtype=torch.float64), torch.as_tensor(reference_logps, dtype=torch.float64)
+    if policy.shape != reference.shape or policy.numel() == 0:
+        raise ValueError(f"need two equal, non-empty lists of log-probs, got {tuple(policy.shape)} and {tuple(reference.shape)}")
+    return float((policy - reference).mean())
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
+    return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
+
+
+def evaluate_models(
+    policy, policy_tokenizer, reference, reference_tokenizer, prompts: list[str], reward,
+    samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
+    batch_size: int = 64, seed: int = 0,
+) -> dict:
+    """Sample, score and compare; returns the report as a plain dict (see module docstring)."""
+    from lightning_rlhf.generation import sample, sequence_logps
+
+    settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    policy_samples = [s for group in sample(policy, policy_tokenizer, prompts, **settings) for s in group]
+    reference_samples = [s for group in sample(reference, reference_tokenizer, prompts, **settings) for s in group]
+    sample_prompts = [p for p in prompts for _ in range(samples)]
+    policy_scores = reward(sample_prompts, [s.text for s in policy_samples]).tolist()
+    reference_scores = reward(sample_prompts, [s.text for s in reference_samples]).tolist()
+
+    kl = None
+    if same_vocabulary(policy_tokenizer, reference_tokenizer):
+        tokens = [s.token_ids for s in policy_samples]
+        kl = kl_estimate(
+            sequence_logps(policy, policy_tokenizer, sample_prompts, tokens, batch_size).tolist(),
+            sequence_logps(reference, policy_tokenizer, sample_prompts, tokens, batch_size).tolist(),
+        )
+    return {
+        "prompts": len(prompts),
+        "samples_per_prompt": samples,
+        "policy": {
+            "mean_reward": mean(policy_scores),
+            "mean_length": mean([s.length for s in policy_samples]),
+            "finished": mean([float(s.finished) for s in policy_samples]),
+        },
+        "reference": {
+            "mean_reward": mean(reference_scores),
+            "mean_length": mean([s.length for s in reference_samples]),
+            "finished": mean([float(s.finished) for s in reference_samples]),
+        },
+        "win_rate": win_rate(policy_scores, reference_scores),
+        "kl": kl,
+        "kl_note": None if kl is None or (temperature == 1.0 and top_p == 1.0)
+        else "samples not drawn at temperature 1 / top_p 1: KL is measured on those samples, not the model's own",
+        "sampling": {k: v for k, v in settings.items() if k != "batch_size"},
+        "examples": [
+            {
+                "prompt": sample_prompts[i],
+                "policy": policy_samples[i].text,
+                "policy_reward": policy_scores[i],
+                "reference": reference_samples[i].text,
+                "reference_reward": reference_scores[i],
+            }
+            for i in range(min(EXAMPLES, len(sample_prompts)))
+        ],
+    }
+
+
+def format_report(report: dict, policy_name: str = "policy", reference_name: str = "reference") -> str:
+    """The report as a small terminal table, then the examples."""
+    kl = "n/a (different tokenizers)" if report["kl"] is None else f"{report['kl']:.3f} nats"
+    rows = [
+        ("", reference_name, policy_name),
+        ("mean reward", f"{report['reference']['mean_reward']:+.3f}", f"{report['policy']['mean_reward']:+.3f}"),
+        ("mean length (tokens)", f"{report['reference']['mean_length']:.1f}", f"{report['policy']['mean_length']:.1f}"),
+        ("win rate vs reference", "-", f"{report['win_rate']:.1%}"),
+        ("KL(policy || reference)", "-", kl),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{report['prompts']} prompts x {report['samples_per_prompt']} sample(s)"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for example in report["examples"]:
+        lines.append(f"\n  {example['prompt']!r}")
+        lines.append(f"    {reference_name} ({example['reference_reward']:+.2f}):{example['reference']}")
+        lines.append(f"    {policy_name} ({example['policy_reward']:+.2f}):{example['policy']}")
+    return "\n".join(lines)
+
+
+def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> None:
+    """One W&B run with the metrics as summary values and the examples as a table;
+    ``WANDB_MODE=offline`` is honoured by wandb itself."""
+    import wandb
+
+    run = wandb.init(project=project, name=name, job_type="evaluate", config=config)
+    metrics = {
+        "eval/policy_reward": report["policy"]["mean_reward"],
+        "eval/reference_reward": report["reference"]["mean_reward"],
+        "eval/win_rate": report["win_rate"],
+        "eval/policy_length": report["policy"]["mean_length"],
+        "eval/reference_length": report["reference"]["mean_length"],
+    }
+    if report["kl"] is not None:
+        metrics["eval/kl"] = report["kl"]
+    run.log(metrics)
+    columns = ["prompt", "policy", "policy_reward", "reference", "reference_reward"]
+    run.log({"eval/examples": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in report["examples"]])})
+    run.finish()
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    from lightning_rlhf.collect import add_sampling_arguments
+    from lightning_rlhf.rewards.spec import SHORTHANDS
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-rlhf evaluate",
+        description="Compare a policy with a reference on held-out prompts: mean reward, win rate, KL, length.",
+    )
+    parser.add_argument("--policy", required=True, help="model id, directory, or builtin:<name>")
+    parser.add_argument("--reference", required=True, help="model to compare against (usually the SFT model)")
+    parser.add_argument("--prompts", required=True, help='rows file with a "prompt" field')
+    parser.add_argument("--reward", default="gold", help=f"reward source: {SHORTHANDS}")
+    parser.add_argument("--samples", type=int, default=1, help="completions per prompt and model")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--output", default=None, help="write the report as JSON here")
+    parser.add_argument("--wandb-project", default=None, help="also log to this W&B project (WANDB_MODE=offline respected)")
+    parser.add_argument("--wandb-name", default=None, help="W&B run name")
+    parser.add_argument("--policy-label", default="policy", help="the policy's name in the table")
+    parser.add_argument("--reference-label", default="reference", help="the reference's name in the table")
+    add_sampling_arguments(parser)
+    return parser
+
+
+def evaluate_command(argv: list[str]) -> int:
+    from lightning_rlhf.collect import load_policy, read_prompts
+    from lightning_rlhf.rewards.spec import load_reward_source
+
+    args = evaluate_parser().parse_args(argv)
+
+    started = time.perf_counter()
+    prompts = read_prompts(args.prompts, args.limit)
+    reward = load_reward_source(args.reward)
+    policy, policy_tokenizer = load_policy(args.policy)
+    reference, reference_tokenizer = load_policy(args.reference)
+    report = evaluate_models(
+        policy, policy_tokenizer, reference, reference_tokenizer, prompts, reward,
+        samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+    )
+    report.update(policy_name=args.policy, reference_name=args.reference, reward=args.reward,
+                  seconds=round(time.perf_counter() - started, 1))
+    print(format_report(report, args.policy_label, args.reference_label))
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.output}")
+    if args.wandb_project:
+        log_to_wandb(report, args.wandb_project, args.wandb_name, vars(args))
+    return 0
