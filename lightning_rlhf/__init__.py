@@ -10,6 +10,7 @@ __all__ = [
     "LossOutput",
     "OnlineAlgorithm",
     "PolicyModule",
+    "RewardModule",
     "SequenceLogps",
     "create_algorithm",
     "get_algorithm",
@@ -25,4 +26,8 @@ def __getattr__(name: str):
         from lightning_rlhf.modules.policy import PolicyModule
 
         return PolicyModule
+    if name == "RewardModule":
+        from lightning_rlhf.modules.reward import RewardModule
+
+        return RewardModule
     raise AttributeError(name)

@@ -42,18 +42,25 @@ def recipe_summary(path: Path) -> str:
 
 
 def export(argv: list[str]) -> int:
-    """Write a trained policy from a Lightning checkpoint in Hugging Face format."""
+    """Write a trained policy or reward model from a Lightning checkpoint in Hugging Face format."""
     parser = argparse.ArgumentParser(prog="lightning-rlhf export", description=export.__doc__)
     parser.add_argument("checkpoint", help="a .ckpt file written by `lightning-rlhf fit`")
     parser.add_argument("output", help="directory to write (loadable with from_pretrained)")
     parser.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter alone, not merged weights")
     args = parser.parse_args(argv)
-    from lightning_rlhf.modules.policy import PolicyModule
+    from lightning_rlhf.modules.reward import checkpoint_module_class
 
-    module = PolicyModule.from_checkpoint(args.checkpoint)
+    module = checkpoint_module_class(args.checkpoint).from_checkpoint(args.checkpoint)
     module.save_pretrained(args.output, merged=not args.adapter_only)
     print(f"wrote {args.output}")
     return 0
+
+
+def score(argv: list[str]) -> int:
+    """Score a file of {prompt, completion} rows with any reward source."""
+    from lightning_rlhf.rewards.scoring import score_command
+
+    return score_command(argv)
 
 
 def label(argv: list[str]) -> int:
@@ -87,6 +94,7 @@ COMMANDS = {
     "list-plugins": list_plugins,
     "list-recipes": list_recipes,
     "export": export,
+    "score": score,
     "label": label,
     "evaluate": evaluate,
     "pipeline": pipeline,

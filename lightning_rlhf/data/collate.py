@@ -57,4 +57,9 @@ class PreferenceCollator:
         margins = [r.get("margin") for r in rows]
         if any(m is not None for m in margins):
             batch["margin"] = torch.tensor([0.0 if m is None else m for m in margins])
+        # Ratings stay strings (None where a row has none): which margin a rating means is
+        # the objective's hyperparameter (bradley_terry's margin_table), not the data's.
+        ratings = [r.get("rating") for r in rows]
+        if any(r is not None for r in ratings):
+            batch["rating"] = ratings
         return batch

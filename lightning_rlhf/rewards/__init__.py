@@ -1,3 +1,15 @@
 from lightning_rlhf.rewards.base import FunctionReward, RewardSource
+from lightning_rlhf.rewards.composite import SafetyGatedReward, WeightedSum
+from lightning_rlhf.rewards.gold import GoldReward
+from lightning_rlhf.rewards.model import RewardModelSource
+from lightning_rlhf.rewards.spec import load_reward_source
 
-__all__ = ["FunctionReward", "RewardSource"]
+__all__ = [
+    "FunctionReward",
+    "GoldReward",
+    "RewardModelSource",
+    "RewardSource",
+    "SafetyGatedReward",
+    "WeightedSum",
+    "load_reward_source",
+]
