@@ -6,7 +6,8 @@ import pytest
 
 from lightning_rlhf.cli import RLHFCLI
 
-RECIPES = sorted(str(p) for p in Path("recipes").rglob("*.yaml") if "pipelines" not in p.parts)
+# recipes/pipelines holds pipeline files and recipes/rewards reward-source specs, not fit recipes.
+RECIPES = sorted(str(p) for p in Path("recipes").rglob("*.yaml") if not {"pipelines", "rewards"} & set(p.parts))
 
 
 class ParseOnlyCLI(RLHFCLI):

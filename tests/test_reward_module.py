@@ -206,3 +206,18 @@ def test_data_kind_mismatch_is_refused(tmp_path):
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="reads 'preference' data"):
         trainer.fit(module, datamodule=data)
+
+
+def test_qlora_reward_step_trains_the_head_and_adapters():
+    module = RewardModule(ModelSettings(TINY_MODEL, lora=LoraSettings(r=4, alpha=8), load_in_4bit=True), BradleyTerry())
+    module.configure_model()
+    assert any(type(m).__name__ == "Linear4bit" for m in module.reward_model.modules())
+    trainable = {n: p for n, p in module.reward_model.named_parameters() if p.requires_grad}
+    assert any("score" in n for n in trainable) and any("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2)
+    out = module.algorithm.loss(module, make_batch("preference", module.tokenizer))
+    out.loss.backward()
+    optimizer.step()
+    changed = {n for n, p in trainable.items() if not torch.equal(before[n], p)}
+    assert any("score" in n for n in changed) and any("lora_" in n for n in changed)

@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from lightning_rlhf.rewards import (
     WeightedSum,
     load_reward_source,
 )
+from lightning_rlhf.rewards.spec import check_reward_spec
 
 
 class TableReward(RewardSource):
@@ -235,10 +237,22 @@ def test_score_command(tmp_path):
 
 
 def test_score_command_names_the_bad_row(tmp_path):
-    from lightning_rlhf.cli import main
+    from lightning_rlhf.rewards.scoring import score_command
 
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"prompt": "Q1", "completion": "a"}) + "\n" + json.dumps({"prompt": "Q2"}) + "\n")
     with pytest.raises(DataError) as error:
-        main(["score", "--reward", "gold", "--input", str(source), "--output", str(tmp_path / "out.jsonl")])
+        score_command(["--reward", "gold", "--input", str(source), "--output", str(tmp_path / "out.jsonl")])
     assert (error.value.row, error.value.field) == (2, "completion") and str(source) in str(error.value)
+
+
+@pytest.mark.parametrize("spec", sorted(str(p) for p in Path("recipes/rewards").glob("*.yaml")))
+def test_shipped_reward_specs_parse(spec):
+    assert Path(spec).read_text().startswith("# "), f"{spec} needs a one-line '# description' first"
+    check_reward_spec(spec)
+
+
+def test_spec_check_catches_a_wrong_type():
+    with pytest.raises(Exception, match="threshold"):
+        check_reward_spec({"class_path": "SafetyGatedReward", "init_args": {
+            "helpfulness": "GoldReward", "safety": "GoldReward", "threshold": "high"}})

@@ -69,11 +69,23 @@ def _read_spec_file(path: Path) -> dict:
 def build_from_class_spec(spec: dict[str, Any]) -> RewardSource:
     """``{"class_path": ..., "init_args": {...}}`` -> the source, through jsonargparse, so
     types are checked and nested sources (``helpfulness: {class_path: ...}``) are built."""
+    parser, config = _parse(spec)
+    return parser.instantiate_classes(config).reward
+
+
+def check_reward_spec(spec: dict[str, Any] | str) -> None:
+    """Validate a class spec (or a spec file) without building it: class paths, argument
+    names and types. Nothing is loaded, so it works before the reward models exist."""
+    if isinstance(spec, str):
+        spec = _read_spec_file(Path(os.path.expanduser(spec)))
+    _parse(spec)
+
+
+def _parse(spec: dict[str, Any]):
     from jsonargparse import ArgumentParser
 
     import lightning_rlhf.rewards  # noqa: F401  (short class names resolve among imported subclasses)
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--reward", type=RewardSource)
-    config = parser.parse_object({"reward": spec})
-    return parser.instantiate_classes(config).reward
+    return parser, parser.parse_object({"reward": spec})
