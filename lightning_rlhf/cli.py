@@ -6,6 +6,7 @@ the others (list-plugins, list-recipes, export, ...) are small commands of their
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -14,6 +15,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lightning_rlhf import registry
 from lightning_rlhf.algorithm import Algorithm
+from lightning_rlhf.callbacks.divergence import DivergenceError
+from lightning_rlhf.data.errors import DataError
 
 
 def _patch_algorithm_names() -> None:
@@ -44,6 +47,10 @@ def _patch_algorithm_names() -> None:
     _typehints.resolve_class_path_by_name = resolve
 
 
+# Errors with a message meant for the user: printed as one line by main().
+USER_ERRORS = (DataError, FileNotFoundError, registry.UnknownAlgorithmError, ValueError, DivergenceError)
+
+
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Also send the fully resolved recipe to the logger (W&B's run config)."""
 
@@ -72,6 +79,24 @@ class RLHFCLI(LightningCLI):
             run=run,
         )
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # On by default: resumable checkpoints written atomically, RNG/plugin state, a
+        # SIGTERM checkpoint and the divergence guard (see lightning_rlhf.callbacks). A recipe
+        # that lists one of these callbacks (or a ModelCheckpoint) configures it instead.
+        from lightning_rlhf.callbacks import default_callbacks, default_plugins
+
+        listed = _as_list(config.get("callbacks")) + list(callbacks)
+        callbacks = list(callbacks) + default_callbacks(listed, checkpointing=config.get("enable_checkpointing") is not False)
+        plugins = _as_list(config.get("plugins"))
+        config["plugins"] = plugins + default_plugins(plugins)
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
 
 def _extra_commands() -> dict[str, Callable[[list[str]], int]]:
     from lightning_rlhf import commands
@@ -81,11 +106,25 @@ def _extra_commands() -> dict[str, Callable[[list[str]], int]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LIGHTNING_RLHF_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run(argv)
+    except USER_ERRORS as e:
+        # Bad recipes, data and paths are the user's to fix: one line, no traceback
+        # (--debug or LIGHTNING_RLHF_DEBUG=1 shows it).
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, DivergenceError) else 2
+
+
+def _run(argv: list[str]) -> int:
     extra = _extra_commands()
     if argv and argv[0] in extra:
         return extra[argv[0]](argv[1:]) or 0
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: lightning-rlhf {fit,validate,test,predict} --config RECIPE.yaml [overrides]")
+        print("usage: lightning-rlhf {fit,validate,test,predict} --config RECIPE.yaml [overrides] [--debug]")
         print("       lightning-rlhf {" + ",".join(extra) + "} [...]\n")
         print("Training commands take a recipe (see `lightning-rlhf list-recipes`);")
         print("`lightning-rlhf fit --help` lists every recipe key.")

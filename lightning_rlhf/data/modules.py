@@ -14,6 +14,7 @@ from lightning_rlhf.data.collate import PreferenceCollator, SFTCollator
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.formats import RowChecker, parse_preference, parse_sft
 from lightning_rlhf.data.readers import read_rows
+from lightning_rlhf.data.sampler import ResumableDataLoader
 from lightning_rlhf.data.tokenize import RenderError, Tokenization
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,16 @@ class TextDataModule(L.LightningDataModule):
             self.train_rows = rows
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # Resumable mid-epoch: the order is a function of (seed, epoch), the position is saved
+        # in checkpoints (see data.sampler); each rank reads its own shard.
+        trainer = self.trainer
+        return ResumableDataLoader(
             self.train_rows,
             batch_size=self.batch_size,
+            seed=self.seed,
             shuffle=True,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
         )

@@ -1,0 +1,35 @@
+"""Faults on purpose, for tests of resuming and guarding (and for trying your own setup).
+
+``KillAtStep`` ends the process the way a crash or a scheduler does, at a chosen
+optimizer step, from a recipe (``trainer.callbacks``), so the kill happens in a real
+``lightning-rlhf fit`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """Send ``signal`` to this process when optimizer step ``step`` (1-based) has been taken.
+
+    It runs in ``on_train_batch_end``, before ``ModelCheckpoint``'s (Lightning orders
+    checkpoint callbacks last), so with SIGKILL the step it kills at is never saved:
+    the last checkpoint is the step before.
+    """
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL"):
+        """
+        Args:
+            step: the optimizer step after which the signal is sent
+            signal_name: SIGKILL (a crash: nothing runs after it) or SIGTERM (preemption)
+        """
+        self.step, self.signal_name = step, signal_name
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
