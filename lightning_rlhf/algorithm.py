@@ -8,6 +8,7 @@ it returns a :class:`LossOutput` and the module does the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -36,6 +37,7 @@ class SequenceLogps:
 
     token_logps: Tensor  # [N, T-1] float
     mask: Tensor  # [N, T-1] bool
+    entropy: Tensor | None = None  # [N, T-1], when asked for: entropy of each position's next-token distribution
 
     def sum(self) -> Tensor:
         """Summed log-probability of each completion, [N]."""
@@ -110,14 +112,94 @@ class Algorithm:
         return [name for name, on in flags.items() if on]
 
 
+@dataclass
+class Experience:
+    """What one rollout gathered, row-aligned: N sampled sequences and what the loss needs.
+
+    ``tensors`` holds the training layout of the sampled sequences (``input_ids``,
+    ``attention_mask``, ``completion_mask`` ``[N, T]``, right-padded as every other
+    batch), per-token quantities ``[N, T-1]`` aligned with :class:`SequenceLogps` (old
+    log-probs, advantages, ...) and per-sequence ones ``[N]``. ``prompts`` and
+    ``completions`` are the text that was scored; ``metrics`` are the rollout's logged
+    statistics (detached scalars).
+    """
+
+    tensors: dict[str, Tensor]
+    prompts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)
+    scores: Tensor | None = None
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.tensors["input_ids"].shape[0]
+
+    def minibatch(self, rows: Tensor | list[int]) -> dict[str, Tensor]:
+        """The given rows as a training batch, trimmed of all-padding columns.
+
+        ``loss_tokens`` (completion tokens) and ``loss_rows`` count the whole minibatch: a
+        loss that divides its sum by them stays exact when the module cuts the minibatch
+        into micro-batches for gradient accumulation (the micro-batch losses then add up
+        to the minibatch loss).
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.tensors["input_ids"].device)
+        batch = {key: value.index_select(0, rows) for key, value in self.tensors.items()}
+        batch = trim_padding(batch)
+        batch["loss_tokens"] = batch["completion_mask"][:, 1:].sum()
+        batch["loss_rows"] = torch.tensor(len(rows))
+        return batch
+
+
+def trim_padding(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Cut the columns past the longest row (``[N, T]`` and ``[N, T-1]`` tensors alike) and
+    recompute ``logp_index`` for the rows left."""
+    from lightning_rlhf.ops import completion_index
+
+    width = int(batch["attention_mask"].sum(-1).max())
+    full = batch["input_ids"].shape[1]
+    trimmed = {}
+    for key, value in batch.items():
+        if value.ndim >= 2 and value.shape[1] == full:
+            value = value[:, :width]
+        elif value.ndim >= 2 and value.shape[1] == full - 1:
+            value = value[:, : width - 1]
+        trimmed[key] = value
+    trimmed["logp_index"] = completion_index(trimmed["completion_mask"])
+    return trimmed
+
+
 class OnlineAlgorithm(Algorithm):
-    """An algorithm that generates its own data: ``rollout`` then ``loss`` over it."""
+    """An algorithm that generates its own data: ``rollout`` then ``loss`` over minibatches.
+
+    Per batch of prompts the module calls :meth:`rollout` (no grad: sample, score, old and
+    reference log-probs, values), then, for every minibatch :meth:`minibatches` yields,
+    :meth:`loss` with gradient accumulation over micro-batches and one optimiser step.
+    """
 
     data: ClassVar[DataKind] = "prompt"
+    needs_reward: ClassVar[bool] = True
 
     @torch.no_grad()
-    def rollout(self, ctx: Any, prompts: dict[str, Tensor]) -> Any:
+    def rollout(self, ctx: Any, prompts: dict[str, Any]) -> Experience:
         raise NotImplementedError
+
+    def minibatches(self, experience: Experience) -> Iterator[dict[str, Tensor]]:
+        """The optimiser steps of one rollout, one minibatch each; default: one step on all of it."""
+        yield experience.minibatch(list(range(len(experience))))
+
+    def updates_per_rollout(self, rollout_size: int) -> int:
+        """How many minibatches :meth:`minibatches` yields for a rollout of this many rows."""
+        return 1
+
+    def after_updates(self, experience: Experience) -> None:
+        """Called once per training rollout, after its optimiser steps (e.g. to adapt a KL
+        coefficient); not called for validation rollouts."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that is not a hyperparameter (e.g. an adaptive KL coefficient); checkpointed."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def hyperparameters(algorithm: Algorithm) -> dict[str, Any]:

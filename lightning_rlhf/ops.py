@@ -104,3 +104,138 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
 def sigmoid_preference_loss(logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """``-(1-ε) log σ(x) - ε log σ(-x)``, per element: Bradley-Terry with label noise ε."""
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+
+
+# -- online RL (PPO) ------------------------------------------------------------------------
+
+
+def _token_logps_entropy(
+    hidden: Tensor, targets: Tensor, lm_head: Callable[[Tensor], Tensor], softcap: float | None, temperature: float
+) -> tuple[Tensor, Tensor]:
+    logits = lm_head(hidden).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    logits = logits / temperature
+    logps = torch.log_softmax(logits, dim=-1)
+    token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logps.exp() * logps).sum(-1)
+    return token_logps, entropy
+
+
+def selective_logps_entropy(
+    hidden: Tensor,
+    input_ids: Tensor,
+    index: Tensor,
+    lm_head: Callable[[Tensor], Tensor],
+    chunk_size: int = 1024,
+    logit_softcap: float | None = None,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`selective_logps` at a sampling temperature, plus the entropy of each position's
+    next-token distribution, ``H_t = -sum_v p_v log p_v`` with ``p = softmax(logits / T)``.
+
+    Same chunking and recomputation as :func:`selective_logps`: the ``[chunk, vocab]``
+    softmax lives only inside its chunk. Returns ``(token_logps, entropy)``, each
+    ``[N, T-1]``, zero outside ``index``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    n, t, h = hidden.shape
+    flat_hidden = hidden[:, :-1].reshape(-1, h).index_select(0, index)
+    flat_targets = input_ids[:, 1:].reshape(-1).index_select(0, index)
+    logp_pieces, entropy_pieces = [], []
+    for start in range(0, flat_hidden.shape[0], chunk_size):
+        args = (flat_hidden[start : start + chunk_size], flat_targets[start : start + chunk_size], lm_head, logit_softcap, temperature)
+        if torch.is_grad_enabled() and args[0].requires_grad:
+            logps, entropy = checkpoint(_token_logps_entropy, *args, use_reentrant=False)
+        else:
+            logps, entropy = _token_logps_entropy(*args)
+        logp_pieces.append(logps)
+        entropy_pieces.append(entropy)
+    outputs = []
+    for pieces in (logp_pieces, entropy_pieces):
+        flat = torch.cat(pieces) if pieces else flat_hidden.new_zeros(0, dtype=torch.float32)
+        out = torch.zeros(n * (t - 1), dtype=torch.float32, device=hidden.device)
+        outputs.append(out.index_copy(0, index, flat).view(n, t - 1))
+    return outputs[0], outputs[1]
+
+
+def kl_estimate(logps: Tensor, reference_logps: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman, "Approximating
+    KL divergence", 2020). With ``log r = log pi_ref(y_t) - log pi(y_t)``:
+
+    - ``k1 = -log r = log pi - log pi_ref``: unbiased, high variance, can be negative;
+    - ``k2 = (log r)^2 / 2``: biased, low variance, never negative;
+    - ``k3 = (r - 1) - log r``: unbiased, low variance, never negative.
+
+    >>> kl_estimate(torch.tensor([-1.0]), torch.tensor([-2.0]), "k3")  # e^-1 - 1 + 1
+    tensor([0.3679])
+    """
+    log_ratio = reference_logps - logps
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
+
+
+def generalized_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, arXiv:1506.02438).
+
+    ``rewards``, ``values`` and ``mask`` are ``[N, T]``; ``mask`` marks each sequence's
+    actions (its completion tokens, one contiguous run). The episode ends after the
+    last action, so the value after it is 0:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t            (the value target)
+
+    Returns ``(advantages, returns)``, zero outside ``mask``.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    n, t = values.shape
+    advantages = torch.zeros_like(values)
+    next_value = values.new_zeros(n)
+    next_advantage = values.new_zeros(n)
+    for step in reversed(range(t)):
+        delta = rewards[:, step] + gamma * next_value - values[:, step]
+        advantage = (delta + gamma * lam * next_advantage) * mask[:, step]
+        advantages[:, step] = advantage
+        # A masked position (padding after the end, or prompt) passes nothing back.
+        next_value = values[:, step] * mask[:, step]
+        next_advantage = advantage
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, clip: float = 0.2) -> tuple[Tensor, Tensor]:
+    """PPO's clipped surrogate, per token (Schulman et al. 2017, eq. 7), as a loss:
+
+        ratio = exp(log pi - log pi_old)
+        L     = max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))
+
+    Returns ``(loss, clipped)``: the per-token loss and where the clipped branch was
+    taken (for the clip fraction).
+    """
+    ratio = torch.exp(logps - old_logps)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped)
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float = 0.2) -> tuple[Tensor, Tensor]:
+    """PPO's clipped value loss, per token (as in OpenAI baselines and Huang et al. 2024):
+
+        V_clip = old_V + clip(V - old_V, -clip, clip)
+        L      = 0.5 * max((V - R)^2, (V_clip - R)^2)
+
+    Returns ``(loss, clipped)``.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    return 0.5 * torch.maximum(unclipped_loss, clipped_loss), (clipped_loss > unclipped_loss)

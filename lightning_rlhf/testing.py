@@ -13,7 +13,7 @@ import inspect
 
 import torch
 
-from lightning_rlhf.algorithm import Algorithm, LossOutput, hyperparameters
+from lightning_rlhf.algorithm import Algorithm, Experience, LossOutput, OnlineAlgorithm, hyperparameters
 
 # A few rows of each data kind, in the formats users write.
 SAMPLE_ROWS: dict[str, list[dict]] = {
@@ -53,7 +53,17 @@ SAMPLE_ROWS: dict[str, list[dict]] = {
         },
         {"prompt": "Say something kind.", "completion": " Go away.", "label": False},
     ],
+    "prompt": [
+        {"prompt": "How was the film?"},
+        {"prompt": "Name a colour."},
+        {"prompt": [{"role": "user", "content": "Hi"}]},
+    ],
 }
+
+
+def letter_e_reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """A rule reward for online plugins' tests: how many letters "e" a completion has."""
+    return [float(c.count("e")) for c in completions]
 
 TINY_MODEL = "builtin:tiny-llama"
 
@@ -101,6 +111,14 @@ def check_algorithm(algorithm: Algorithm) -> LossOutput:
         from lightning_rlhf.testing_reward import run_reward_algorithm  # the reward stage's own harness
 
         module, out = run_reward_algorithm(algorithm)
+    elif isinstance(algorithm, OnlineAlgorithm):
+        from lightning_rlhf.rewards import FunctionReward
+
+        # Online: one rollout on the tiny model scored by a rule, then the loss on its first minibatch.
+        module = make_policy_module(algorithm, reward=FunctionReward("lightning_rlhf.testing.letter_e_reward"))
+        experience = algorithm.rollout(module, make_batch(cls.data, module.tokenizer))
+        assert isinstance(experience, Experience), f"{cls.__name__}.rollout must return an Experience"
+        out = algorithm.loss(module, next(iter(algorithm.minibatches(experience))))
     else:
         module = make_policy_module(algorithm)
         batch = make_batch(cls.data, module.tokenizer)

@@ -1,5 +1,6 @@
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.modules import PreferenceDataModule, SFTDataModule, TextDataModule
+from lightning_rlhf.data.prompts import PromptDataModule
 from lightning_rlhf.data.ranking import RankingDataModule
 from lightning_rlhf.data.unpaired import UnpairedDataModule
 
@@ -9,6 +10,7 @@ DATA_MODULES = {
     "preference": PreferenceDataModule,
     "ranking": RankingDataModule,
     "unpaired": UnpairedDataModule,
+    "prompt": PromptDataModule,
 }
 
-__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "RankingDataModule", "SFTDataModule", "TextDataModule", "UnpairedDataModule"]
+__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "PromptDataModule", "RankingDataModule", "SFTDataModule", "TextDataModule", "UnpairedDataModule"]

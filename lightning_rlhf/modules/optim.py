@@ -25,12 +25,15 @@ class OptimizerSettings:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
-    def build(self, parameters, total_steps: int):
+    def build(self, parameters, total_steps: int, extra_groups: list[dict] | None = None):
+        """AdamW and its schedule; ``extra_groups`` are further parameter groups with their own
+        settings (e.g. a critic's learning rate), on the same schedule."""
         params = [p for p in parameters if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+             *(extra_groups or [])],
             lr=self.learning_rate,
             betas=tuple(self.betas),
             eps=self.eps,

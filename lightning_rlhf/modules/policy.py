@@ -15,18 +15,21 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Algorithm, SequenceLogps, algorithm_spec
+from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, SequenceLogps, algorithm_spec
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
+from lightning_rlhf.models.critic import CriticSettings
+from lightning_rlhf.modules.online import OnlineMixin, OnlineSettings, reward_spec
 from lightning_rlhf.modules.optim import OptimizerSettings
-from lightning_rlhf.ops import completion_index, selective_logps
+from lightning_rlhf.ops import completion_index, selective_logps, selective_logps_entropy
+from lightning_rlhf.rewards.base import RewardSource
 
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "reference_model."
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(OnlineMixin, L.LightningModule):
     def __init__(
         self,
         policy: ModelSettings,
@@ -37,6 +40,9 @@ class PolicyModule(L.LightningModule):
         disable_dropout: bool = True,
         export_dir: str | None = None,
         export_merged: bool = True,
+        reward: RewardSource | None = None,
+        critic: CriticSettings | None = None,
+        online: OnlineSettings | None = None,
     ):
         """
         Args:
@@ -51,6 +57,10 @@ class PolicyModule(L.LightningModule):
                 and reference, are scored by the same function
             export_dir: when fit ends, save the policy here in Hugging Face format
             export_merged: merge LoRA adapters into the exported weights (else save the adapter)
+            reward: what scores sampled text, for online algorithms (``class_path:
+                lightning_rlhf.rewards.RewardModelSource``, ``...GoldReward``, ``...FunctionReward``)
+            critic: the value model of algorithms that need one (see ``models.critic``)
+            online: the online loop's micro-batching, clipping and sample tables
         """
         super().__init__()
         # Plain data only, so a checkpoint loads with torch.load(weights_only=True) and the
@@ -65,6 +75,9 @@ class PolicyModule(L.LightningModule):
                 "disable_dropout": disable_dropout,
                 "export_dir": export_dir,
                 "export_merged": export_merged,
+                "reward": reward_spec(reward),
+                "critic": asdict(critic) if critic else None,
+                "online": asdict(online) if online else None,
             }
         )
         self.policy_settings = policy
@@ -77,6 +90,15 @@ class PolicyModule(L.LightningModule):
         self.tokenizer = load_tokenizer(policy)
         self.policy: torch.nn.Module | None = None
         self.reference_model: torch.nn.Module | None = None
+        # Online algorithms (PPO) generate, score and update inside one step: manual optimisation.
+        self.is_online = isinstance(algorithm, OnlineAlgorithm)
+        self.automatic_optimization = not self.is_online
+        self.reward_source = reward
+        self.critic_settings = critic
+        self.online_settings = online or OnlineSettings()
+        self.value_model: torch.nn.Module | None = None
+        self.value_head: torch.nn.Module | None = None
+        self._generation_seconds, self._generated_tokens = 0.0, 0
 
     # -- models -------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -89,6 +111,8 @@ class PolicyModule(L.LightningModule):
         if self.algorithm.needs_reference and not self.uses_adapter_reference:
             settings = self.reference_settings or self.policy_settings
             self.reference_model = load_causal_lm(settings, trainable=False)
+        if self.algorithm.needs_value:
+            self.configure_critic()
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> PolicyModule:
@@ -104,6 +128,9 @@ class PolicyModule(L.LightningModule):
             disable_dropout=hparams["disable_dropout"],
             export_dir=hparams.get("export_dir"),
             export_merged=hparams.get("export_merged", True),
+            reward=_reward_from_spec(hparams.get("reward")),
+            critic=_critic_from_dict(hparams.get("critic")),
+            online=OnlineSettings(**hparams["online"]) if hparams.get("online") else None,
         )
 
     @classmethod
@@ -131,19 +158,21 @@ class PolicyModule(L.LightningModule):
             )
 
     # -- what plugins may use -------------------------------------------------------------
-    def policy_logps(self, batch: dict[str, Tensor]) -> SequenceLogps:
-        return self._logps(self.policy, batch)
+    def policy_logps(self, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
+        """``temperature``: score under ``softmax(logits / T)``, the distribution sampled from;
+        ``entropy``: also each position's entropy (chunked, no ``[N, T, V]`` kept)."""
+        return self._logps(self.policy, batch, temperature, entropy)
 
     @torch.no_grad()
-    def reference_logps(self, batch: dict[str, Tensor]) -> SequenceLogps:
+    def reference_logps(self, batch: dict[str, Tensor], temperature: float = 1.0) -> SequenceLogps:
         if not self.algorithm.needs_reference:
             raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_reference = False")
         if self.reference_model is not None:
-            return self._logps(self.reference_model, batch)
+            return self._logps(self.reference_model, batch, temperature)
         with self.policy.disable_adapter():
-            return self._logps(self.policy, batch)
+            return self._logps(self.policy, batch, temperature)
 
-    def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> SequenceLogps:
+    def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
         hf_model = unwrap(model)
         hidden = hf_model.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
@@ -151,18 +180,28 @@ class PolicyModule(L.LightningModule):
         index = batch.get("logp_index")
         if index is None:
             index = completion_index(batch["completion_mask"])
+        softcap = getattr(hf_model.config, "final_logit_softcapping", None)
+        mask = batch["completion_mask"][:, 1:]
+        if temperature != 1.0 or entropy:
+            token_logps, token_entropy = selective_logps_entropy(
+                hidden, batch["input_ids"], index, hf_model.get_output_embeddings(),
+                chunk_size=self.logps_chunk_size, logit_softcap=softcap, temperature=temperature,
+            )
+            return SequenceLogps(token_logps, mask, token_entropy if entropy else None)
         token_logps = selective_logps(
             hidden,
             batch["input_ids"],
             index,
             hf_model.get_output_embeddings(),
             chunk_size=self.logps_chunk_size,
-            logit_softcap=getattr(hf_model.config, "final_logit_softcapping", None),
+            logit_softcap=softcap,
         )
-        return SequenceLogps(token_logps, batch["completion_mask"][:, 1:])
+        return SequenceLogps(token_logps, mask)
 
     # -- the loop -------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self.is_online:
+            return self.online_training_step(batch, batch_idx)  # modules/online.py
         out = self.algorithm.loss(self, batch)
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
@@ -170,12 +209,16 @@ class PolicyModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.is_online:
+            return self.online_validation_step(batch, batch_idx)
         out = self.algorithm.loss(self, batch)
         batch_size = batch["input_ids"].shape[0]
         self.log("val/loss", out.loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log_dict({f"val/{k}": v for k, v in out.metrics.items()}, batch_size=batch_size, sync_dist=True)
 
     def configure_optimizers(self):
+        if self.is_online:
+            return self.configure_online_optimizers()
         return self.optimizer_settings.build(self.policy.parameters(), int(self.trainer.estimated_stepping_batches))
 
     def on_train_start(self) -> None:
@@ -192,8 +235,12 @@ class PolicyModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
             del state[key]
+        if self.is_online:  # e.g. PPO's adaptive KL coefficient
+            checkpoint["algorithm_state"] = self.algorithm.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.is_online and "algorithm_state" in checkpoint:
+            self.algorithm.load_state_dict(checkpoint["algorithm_state"])
         if self.reference_model is not None:
             for key, value in self.reference_model.state_dict().items():
                 checkpoint["state_dict"].setdefault(REFERENCE_PREFIX + key, value)
@@ -218,6 +265,21 @@ def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merg
     tokenizer.save_pretrained(directory)
     log.info("exported the policy to %s", directory)
     return directory
+
+
+def _reward_from_spec(spec: dict | None) -> RewardSource | None:
+    from lightning_rlhf.rewards.spec import load_reward_source
+
+    return load_reward_source(spec) if spec else None
+
+
+def _critic_from_dict(values: dict | None) -> CriticSettings | None:
+    if not values:
+        return None
+    values = dict(values)
+    if values.get("model"):
+        values["model"] = ModelSettings.from_dict(values["model"])
+    return CriticSettings(**values)
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:

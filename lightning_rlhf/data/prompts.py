@@ -1,0 +1,69 @@
+"""Prompt-only data for online algorithms (PPO): the policy writes the completions.
+
+Rows::
+
+    {"prompt": "How was the film?"}
+    {"prompt": [{"role": "user", "content": "Hi"}]}     # rendered with the chat template
+
+A prompt keeps its last ``max_prompt_length`` tokens (default: half of ``max_length``;
+the rest of ``max_length`` is left for the completion). A batch of B prompts is::
+
+    prompt_ids   list of B token-id lists (BOS included), not padded
+    prompts      list of B strings: the text the reward source is given with each completion
+                 (a conversational prompt as rendered by the chat template)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_rlhf.data.formats import RowChecker, Text
+from lightning_rlhf.data.modules import TextDataModule
+from lightning_rlhf.data.tokenize import RenderError, Tokenization
+
+
+@dataclass
+class PromptExample:
+    prompt: Text
+
+
+def parse_prompt(checker: RowChecker) -> PromptExample:
+    if not checker.has("prompt"):
+        raise checker.error("prompt", f"missing; a prompt row needs 'prompt', it has {sorted(checker.record)}")
+    return PromptExample(checker.text("prompt"))
+
+
+def render_prompt(tokenization: Tokenization, prompt: Text) -> str:
+    """A prompt as the model reads it; a message list ends with the assistant's cue."""
+    if isinstance(prompt, str):
+        return prompt
+    if not tokenization.chat_template:
+        raise RenderError("conversational prompts need a chat template, and the tokenizer has none; set chat_template")
+    return tokenization.tokenizer.apply_chat_template(
+        prompt, chat_template=tokenization.chat_template, add_generation_prompt=True, tokenize=False
+    )
+
+
+class PromptCollator:
+    def __call__(self, rows: list[dict]) -> dict:
+        return {"prompt_ids": [r["prompt_ids"] for r in rows], "prompts": [r["prompt"] for r in rows]}
+
+
+class PromptDataModule(TextDataModule):
+    """Prompts for online algorithms (see ``data.prompts``)."""
+
+    data_kind = "prompt"
+
+    def parse(self, checker: RowChecker) -> PromptExample:
+        return parse_prompt(checker)
+
+    def encode(self, example: PromptExample, tokenization: Tokenization) -> dict | None:
+        text = render_prompt(tokenization, example.prompt)
+        if not text.strip():
+            tokenization.drop("empty prompt")
+            return None
+        ids = tokenization.prompt_ids(text)[-tokenization.max_prompt_length :]
+        return {"prompt_ids": ids, "prompt": text}
+
+    def collator(self):
+        return PromptCollator()

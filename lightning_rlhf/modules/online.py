@@ -1,0 +1,221 @@
+"""The online half of PolicyModule: rollouts, the critic, and the PPO-style update loop.
+
+For an :class:`~lightning_rlhf.algorithm.OnlineAlgorithm` the module optimises by hand
+(``automatic_optimization = False``). One training step, per batch of prompts:
+
+1. ``experience = algorithm.rollout(module, prompts)``  (no grad: sample, score, old and
+   reference log-probs, values, advantages: the plugin's mathematics);
+2. for every minibatch ``algorithm.minibatches(experience)`` yields (the plugin decides
+   epochs and sizes): cut it into micro-batches of ``online.micro_batch_size`` rows,
+   ``manual_backward(algorithm.loss(module, micro).loss)`` for each (gradients add up:
+   the plugin divides by the *minibatch's* ``loss_tokens``), clip with
+   ``clip_gradients``, one optimiser and scheduler step.
+
+``trainer.global_step`` therefore counts optimiser steps, ``updates_per_rollout`` per
+batch of prompts. The module also times generation against the whole step and logs
+``train/time/generation_share`` and ``train/time/rollout_tokens_per_second``.
+
+What the module lends an online plugin, beside ``policy_logps``/``reference_logps``
+(both take ``temperature``; ``policy_logps`` also ``entropy=True``):
+``generate(prompt_ids, temperature, top_p, max_new_tokens) -> Rollout``,
+``reward(prompts, completions) -> Tensor[N]`` and ``values(batch) -> Tensor[N, T-1]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_rlhf.algorithm import Experience, trim_padding
+from lightning_rlhf.models.critic import CriticSettings, ValueHead, head_values, load_value_model, value_model_values
+from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.rollout import Rollout, generate_rollout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OnlineSettings:
+    """Engineering settings of the online loop (the mathematics is the plugin's)."""
+
+    micro_batch_size: int | None = None
+    """rows per forward/backward inside a minibatch (gradient accumulation); None: the whole minibatch"""
+    generation_batch_size: int = 64
+    """prompts decoded together during a rollout"""
+    max_grad_norm: float | None = 1.0
+    """clip the global gradient norm (policy and critic together) before each step; None: no clipping"""
+    sample_table_every_n_steps: int = 10
+    """log a table of sampled completions and their rewards every this many rollouts (W&B only)"""
+    sample_table_rows: int = 8
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ValueError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
+
+
+def reward_spec(reward) -> dict | None:
+    """A reward source as ``{class_path, init_args}`` plain data, for checkpoints and the run config."""
+    if reward is None:
+        return None
+    cls = type(reward)
+    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    init_args = {n: getattr(reward, n) for n in names if hasattr(reward, n)}
+    init_args = {k: v for k, v in init_args.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+class OnlineMixin:
+    """Rollouts, critic and the manual update loop; mixed into PolicyModule."""
+
+    # -- models ---------------------------------------------------------------------------
+    def configure_critic(self) -> None:
+        settings = self.critic_settings or CriticSettings()
+        if settings.share_policy_backbone:
+            self.value_head = ValueHead(self.policy.config.hidden_size).to(next(self.policy.parameters()).device)
+            return
+        model = settings.model or ModelSettings(name_or_path=self._default_critic_path())
+        self.value_model = load_value_model(model, self.tokenizer)
+
+    def _default_critic_path(self) -> str:
+        from lightning_rlhf.rewards.model import RewardModelSource
+
+        # InstructGPT: the value function starts from the reward model.
+        if isinstance(self.reward_source, RewardModelSource):
+            return self.reward_source.path
+        return self.policy_settings.name_or_path
+
+    def critic_parameters(self) -> list[torch.nn.Parameter]:
+        critic = self.value_model if self.value_model is not None else self.value_head
+        return [p for p in critic.parameters() if p.requires_grad] if critic is not None else []
+
+    # -- what online plugins may use --------------------------------------------------------
+    def generate(self, prompt_ids, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64) -> Rollout:
+        """One sampled completion per prompt, in the training layout (timed for the metrics)."""
+        start = time.perf_counter()
+        rollout = generate_rollout(
+            self.policy, self.tokenizer, prompt_ids, temperature, top_p, max_new_tokens,
+            batch_size=self.online_settings.generation_batch_size,
+        )
+        self._generation_seconds += time.perf_counter() - start
+        self._generated_tokens += int(rollout.lengths.sum())
+        return rollout
+
+    def reward(self, prompts: list[str], completions: list[str]) -> Tensor:
+        """Scores of the text from the module's reward source, ``[N]`` on the module's device."""
+        if self.reward_source is None:
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} needs a reward source: set the module's `reward`")
+        return self.reward_source(prompts, completions).to(self.device)
+
+    def values(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad when enabled)."""
+        if self.value_model is not None:
+            return value_model_values(self.value_model, batch)
+        if self.value_head is not None:
+            return head_values(self.policy, self.value_head, batch)
+        raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_value = False: no critic was built")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def configure_online_optimizers(self):
+        settings = self.optimizer_settings
+        critic = self.critic_parameters()
+        shared_head = self.value_head is not None
+        policy_params = list(self.policy.parameters()) + (critic if shared_head else [])
+        rows = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 1)
+        updates = self.algorithm.updates_per_rollout(rows)
+        # global_step counts optimiser steps here: max_steps is already in those units.
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.max_steps is None or self.trainer.max_steps < 0:
+            total *= updates
+        extra = []
+        if critic and not shared_head:
+            lr = (self.critic_settings.learning_rate if self.critic_settings else None) or settings.learning_rate
+            extra.append({"params": critic, "lr": lr, "weight_decay": 0.0})
+        return settings.build(policy_params, total, extra_groups=extra)
+
+    def online_training_step(self, batch: dict, batch_idx: int) -> None:
+        step_start = time.perf_counter()
+        self._generation_seconds, self._generated_tokens = 0.0, 0
+        experience = self.algorithm.rollout(self, batch)
+        rollout_seconds = time.perf_counter() - step_start
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        loss_sum, metric_sums, updates = 0.0, {}, 0
+        for minibatch in self.algorithm.minibatches(experience):
+            rows = int(minibatch["loss_rows"])
+            for micro in split_micro_batches(minibatch, self.online_settings.micro_batch_size):
+                out = self.algorithm.loss(self, micro)
+                self.manual_backward(out.loss)
+                weight = micro["input_ids"].shape[0] / rows
+                loss_sum += out.loss.detach()
+                for key, value in out.metrics.items():
+                    metric_sums[key] = metric_sums.get(key, 0.0) + value * weight
+            if self.online_settings.max_grad_norm is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self.online_settings.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            updates += 1
+        self.algorithm.after_updates(experience)
+        step_seconds = time.perf_counter() - step_start
+        n = len(experience)
+        metrics = {f"train/{k}": v for k, v in experience.metrics.items()}
+        metrics.update({f"train/{k}": v / max(updates, 1) for k, v in metric_sums.items()})
+        metrics["train/loss"] = torch.as_tensor(loss_sum / max(updates, 1))
+        metrics["train/time/generation_share"] = torch.tensor(self._generation_seconds / step_seconds)
+        metrics["train/time/rollout_share"] = torch.tensor(rollout_seconds / step_seconds)
+        metrics["train/time/rollout_tokens_per_second"] = torch.tensor(self._generated_tokens / max(self._generation_seconds, 1e-9))
+        metrics["train/time/step_seconds"] = torch.tensor(step_seconds)
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32).detach() for k, v in metrics.items()}, batch_size=n)
+        self.log("train/scores", experience.metrics.get("objective/scores", torch.tensor(0.0)), prog_bar=True, batch_size=n, logger=False)
+        self._maybe_log_samples(experience)
+
+    @torch.no_grad()
+    def online_validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._generation_seconds, self._generated_tokens = 0.0, 0
+        experience = self.algorithm.rollout(self, batch)
+        self.log_dict(
+            {f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in experience.metrics.items()},
+            batch_size=len(experience), sync_dist=True,
+        )
+
+    def _maybe_log_samples(self, experience: Experience) -> None:
+        every = self.online_settings.sample_table_every_n_steps
+        batch_idx = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
+        if every <= 0 or batch_idx % every != 0 or not self.trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        rewards = experience.tensors.get("rlhf_reward", experience.scores)
+        rows = [
+            [experience.prompts[i], experience.completions[i], float(experience.scores[i]), float(rewards[i])]
+            for i in range(min(self.online_settings.sample_table_rows, len(experience)))
+        ]
+        for logger in loggers:
+            logger.log_table(key="train/samples", columns=["prompt", "completion", "score", "rlhf_reward"], data=rows)
+
+
+def split_micro_batches(minibatch: dict[str, Tensor], size: int | None):
+    """Yield ``size``-row pieces of a minibatch (trimmed of padding), keeping its
+    ``loss_tokens`` and ``loss_rows``, which count the whole minibatch."""
+    n = minibatch["input_ids"].shape[0]
+    if size is None or size >= n:
+        yield minibatch
+        return
+    for start in range(0, n, size):
+        piece = {}
+        for key, value in minibatch.items():
+            if key in ("logp_index", "loss_tokens", "loss_rows"):
+                continue
+            piece[key] = value[start : start + size]
+        piece = trim_padding(piece)
+        piece["loss_tokens"], piece["loss_rows"] = minibatch["loss_tokens"], minibatch["loss_rows"]
+        yield piece
