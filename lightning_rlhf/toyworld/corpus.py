@@ -30,9 +30,10 @@ SPLITS = ("train", "heldout")
 # One prompt in HELDOUT_EVERY lands in the held-out split.
 HELDOUT_EVERY = 10
 
-# How often each kind of continuation is written. Positive and negative are equally
-# likely, so a model trained on the corpus starts with a mean gold reward near zero.
-SENTIMENT_WEIGHTS = {"positive": 0.4, "negative": 0.4, "neutral": 0.1, "mixed": 0.1}
+# How often each kind of continuation is written. VADER scores positive words a little
+# higher than negative ones and mixed texts lean positive, so negative is drawn a little
+# more often: the corpus comes out about half and half with a mean gold reward near zero.
+SENTIMENT_WEIGHTS = {"positive": 0.39, "negative": 0.41, "neutral": 0.1, "mixed": 0.1}
 
 
 @dataclass(frozen=True)
