@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -63,7 +64,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 class RLHFCLI(LightningCLI):
-    def __init__(self, args=None, run: bool = True):
+    def __init__(self, args=None, run: bool = True, exit_on_error: bool = True):
         _patch_algorithm_names()
         registry.load_entry_points()
         super().__init__(
@@ -73,7 +74,7 @@ class RLHFCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "yaml"},
+            parser_kwargs={"parser_mode": "yaml", "exit_on_error": exit_on_error},
             seed_everything_default=0,
             args=args,
             run=run,
@@ -108,15 +109,38 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LIGHTNING_RLHF_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    from jsonargparse import ArgumentError
+
     try:
         return _run(argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, ArgumentError) as e:
         # Bad recipes, data and paths are the user's to fix: one line, no traceback
         # (--debug or LIGHTNING_RLHF_DEBUG=1 shows it).
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1 if isinstance(e, DivergenceError) else 2
+
+
+def one_line(error: BaseException) -> str:
+    """The root cause of a (possibly nested) recipe error, prefixed by the recipe key it is at.
+
+    jsonargparse wraps an error raised while building the model or data in several layers
+    of "Parser key ...: Does not validate against any of the Union subtypes"; the cause at
+    the bottom of the chain is what the user needs (``Option 'betta' is not accepted``,
+    ``model path '...' does not exist``), and the keys crossed on the way say where.
+    """
+    import re
+
+    chain, keys = [], []
+    while error is not None and error not in chain:
+        chain.append(error)
+        for key in re.findall(r'Parser key "([^"]+)"', str(error).split("\n", 1)[0]):
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        error = error.__cause__ or error.__context__
+    message = " ".join(str(chain[-1]).split())
+    return f"{'.'.join(keys)}: {message}" if keys and len(chain) > 1 else message
 
 
 def _run(argv: list[str]) -> int:
@@ -129,7 +153,9 @@ def _run(argv: list[str]) -> int:
         print("Training commands take a recipe (see `lightning-rlhf list-recipes`);")
         print("`lightning-rlhf fit --help` lists every recipe key.")
         return 0
-    RLHFCLI(args=argv)
+    # main() hands LightningCLI the arguments it read from sys.argv (less --debug) on purpose.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    RLHFCLI(args=argv, exit_on_error=False)
     return 0
 
 

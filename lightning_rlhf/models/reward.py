@@ -37,6 +37,7 @@ def load_reward_model(
     with the adapter), otherwise return it frozen in eval mode."""
     source = builtin.resolve(settings.name_or_path)
     _check_exists(settings, source)
+    _check_scalar_output(settings, source)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **from_pretrained_kwargs(settings))
     if not hasattr(model, SCORE_HEAD):
         raise ValueError(
@@ -52,6 +53,23 @@ def load_reward_model(
     # Under LoRA the fresh head must be trained and saved with the adapter; peft's SEQ_CLS
     # task does that (it adds the head to modules_to_save) and keeps LoRA off the head.
     return prepare_for_training(model, settings, task_type="SEQ_CLS")
+
+
+def _check_scalar_output(settings: ModelSettings, source: str) -> None:
+    """A classifier with several outputs is not a reward model: say so, rather than let
+    transformers fail on the head's shape (or, told to ignore it, silently re-initialise it)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=settings.revision, trust_remote_code=settings.trust_remote_code)
+    except OSError:
+        return  # let from_pretrained report what is missing
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if is_classifier and config.num_labels != 1:
+        raise ValueError(
+            f"{settings.name_or_path!r} is a sequence classifier with {config.num_labels} outputs (num_labels="
+            f"{config.num_labels}); a reward model has one scalar output (num_labels=1)"
+        )
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
