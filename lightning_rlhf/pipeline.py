@@ -272,7 +272,7 @@ def final_table(pipeline: Pipeline, records: list[dict]) -> str:
 
 
 def pipeline_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-rlhf pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lightning-rlhf pipeline", description="Run the stages of a pipeline file (build, toy-prompts, label, fit, evaluate) one after another.")
     parser.add_argument("file", help="pipeline YAML (e.g. recipes/pipelines/toy.yaml)")
     parser.add_argument("--check", action="store_true", help="only read and check the stages")
     args = parser.parse_args(argv)
