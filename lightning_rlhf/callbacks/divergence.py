@@ -26,8 +26,8 @@ class DivergenceGuard(Callback):
     - the **loss**, in ``on_before_backward`` (every micro-batch of an accumulated step);
     - the **gradient norm** ``||g||_2`` over trainable parameters, in
       ``on_before_optimizer_step``, i.e. after backward and before the weights move;
-    - every logged training metric whose name holds ``reward`` (``train/rewards/chosen``,
-      ``train/reward``...), read from ``trainer.callback_metrics`` at the next batch and at
+    - every logged training metric whose name holds ``reward`` or ``score``
+      (``train/rewards/chosen``, ``train/objective/scores``...), read from ``trainer.callback_metrics`` at the next batch and at
       the end of training: Lightning fills those after ``on_train_batch_end``, so rewards
       are seen one step late. A non-finite reward with a finite loss has not touched the
       weights, so this costs nothing the checkpoints hold.
@@ -54,7 +54,7 @@ class DivergenceGuard(Callback):
             max_skipped_steps: bad steps to drop (no weight update) before stopping
             check_every_n_steps: read the finite-flags every N optimizer steps (1: every step,
                 which is what allows skipping)
-            check_rewards: also stop on a non-finite logged metric whose name holds ``reward``
+            check_rewards: also stop on a non-finite logged metric whose name holds ``reward`` or ``score``
         """
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
@@ -122,7 +122,7 @@ class DivergenceGuard(Callback):
         if not self.check_rewards or self._failure is not None:
             return
         for name, value in trainer.callback_metrics.items():
-            if name.startswith("train/") and "reward" in name and not torch.isfinite(torch.as_tensor(value)).all():
+            if name.startswith("train/") and ("reward" in name or "score" in name) and not torch.isfinite(torch.as_tensor(value)).all():
                 self._failure = f"step {trainer.global_step}: {name} is not finite (NaN or inf)"
                 return
 

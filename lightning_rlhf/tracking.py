@@ -1,0 +1,118 @@
+"""Tracking runs in W&B: the metric names every module logs, and a reader for offline runs.
+
+Metric names. A metric that means the same thing has the same name whatever the plugin,
+so runs of different objectives sit on one chart. The module prefixes ``train/`` or
+``val/``; the plugin returns the rest (see ``METRICS``).
+
+Offline runs. ``WANDB_MODE=offline`` (or ``offline: true`` on the logger) writes the run
+to ``<save_dir>/wandb/offline-run-*/run-<id>.wandb``, uploaded later with ``wandb sync``.
+That file is a LevelDB-style record log of ``wandb_internal_pb2.Record`` protobufs; the
+Python reader wandb used to ship (``wandb.sdk.internal.datastore``) is gone from recent
+releases, so :func:`read_offline_run` reads it here, for tests and for checking what a
+run on an air-gapped machine recorded before syncing it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# name (after train/ or val/) -> meaning; plugins use these names where the meaning fits
+METRICS: dict[str, str] = {
+    "loss": "the objective being minimised (every plugin; logged by the module)",
+    "rewards/chosen": "implicit reward of the chosen answers, beta * (log pi - log pi_ref) (DPO family, KTO) "
+                      "or the reward model's score (reward stage)",
+    "rewards/rejected": "the same for the rejected answers",
+    "rewards/margins": "mean of rewards/chosen - rewards/rejected over pairs",
+    "rewards/accuracies": "share of pairs with rewards/chosen > rewards/rejected",
+    "logps/chosen": "policy log-probability of the chosen answers (summed or length-averaged, as the loss uses it)",
+    "logps/rejected": "the same for the rejected answers",
+    "nll": "mean next-token negative log-likelihood of target tokens (SFT, ORPO's SFT term)",
+    "objective/kl": "estimated KL(policy || reference) per sequence (PPO; TRL's names for the online metrics)",
+    "objective/scores": "reward-source scores of the sampled completions (PPO)",
+    "objective/rlhf_reward": "score minus the KL penalty (PPO)",
+    "loss/policy": "clipped policy-gradient loss (PPO)",
+    "loss/value": "value-function loss (PPO)",
+}
+
+_BLOCK = 32768
+_HEADER = struct.Struct("<4sHB")  # ":W&B", magic 0xBEE1, version
+_RECORD = struct.Struct("<IHB")  # crc32, length, type
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_records(path: str | Path):
+    """Every ``wandb_internal_pb2.Record`` of a ``run-*.wandb`` file, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    ident, magic, version = _HEADER.unpack_from(data, 0)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a W&B run log (header {ident!r}, magic {magic:#x})")
+    offset, pending = _HEADER.size, b""
+    while offset + _RECORD.size <= len(data):
+        room = _BLOCK - offset % _BLOCK
+        if room < _RECORD.size:  # a block's tail too short for a header is zero padding
+            offset += room
+            continue
+        crc, length, kind = _RECORD.unpack_from(data, offset)
+        if length == 0 and kind == 0:  # unwritten space at the end
+            break
+        payload = data[offset + _RECORD.size : offset + _RECORD.size + length]
+        offset += _RECORD.size + length
+        pending = payload if kind in (_FULL, _FIRST) else pending + payload
+        if kind in (_FULL, _LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+            pending = b""
+
+
+@dataclass
+class OfflineRun:
+    """What an offline run recorded: its config, logged rows and names."""
+
+    config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    name: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+
+    def keys(self) -> set[str]:
+        return {k for row in self.history for k in row}
+
+
+def read_offline_run(path: str | Path) -> OfflineRun:
+    """Config, history rows, name, group and tags of a ``run-*.wandb`` file."""
+    run = OfflineRun()
+    for record in read_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.name, run.group, run.tags = record.run.display_name, record.run.run_group, list(record.run.tags)
+            _update_config(run.config, record.run.config)
+        elif kind == "config":
+            _update_config(run.config, record.config)
+        elif kind == "history":
+            row: dict = {}
+            for item in record.history.item:
+                _set_nested(row, [item.key] if item.key else list(item.nested_key), json.loads(item.value_json))
+            run.history.append(row)
+    return run
+
+
+def _set_nested(row: dict, keys: list[str], value) -> None:
+    # A media value (a table) arrives as several items: ("samples", "path"), ("samples", "_type")...
+    for key in keys[:-1]:
+        row = row.setdefault(key, {})
+    row[keys[-1]] = value
+
+
+def _update_config(config: dict, record) -> None:
+    for item in record.update:
+        key = item.key or "/".join(item.nested_key)
+        value = json.loads(item.value_json)
+        # W&B wraps each top-level config value as {"value": ..., "desc": ...}
+        config[key] = value["value"] if isinstance(value, dict) and "value" in value else value

@@ -1,0 +1,64 @@
+"""An offline W&B run holds what a reader needs: the resolved recipe as its config, the
+shared metric names, the run's name/group/tags, and a table of sample completions.
+
+The run log is read record by record (``lightning_rlhf.tracking.read_offline_run``),
+not searched for bytes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lightning_rlhf.cli import RLHFCLI
+from lightning_rlhf.tracking import read_offline_run
+from lightning_rlhf.callbacks.samples import COLUMNS
+
+
+def length_reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """A reward source for the table's reward column: completion length in characters."""
+    return [float(len(c)) for c in completions]
+
+
+def test_offline_wandb_run_holds_config_metrics_and_samples_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    samples = {
+        "class_path": "lightning_rlhf.callbacks.SampleCompletionsCallback",
+        "init_args": {"every_n_steps": 2, "num_prompts": 2, "max_new_tokens": 6, "reward": "test_tracking.length_reward"},
+    }
+    RLHFCLI(args=[
+        "fit", "--config", "recipes/dpo/tiny.yaml",
+        "--trainer.max_steps", "2",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.logger.init_args.name", "dpo-check",
+        "--trainer.callbacks+", json.dumps(samples),
+        "--model.init_args.export_dir", "null",
+    ])
+    import wandb
+
+    wandb.finish()  # the run log is complete once the run ends (at exit in a `lightning-rlhf fit` process)
+    (run_log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    run = read_offline_run(run_log)
+
+    assert (run.name, run.group, run.tags) == ("dpo-check", "tiny", ["dpo", "tiny"])
+    recipe = run.config["recipe"]  # the fully resolved recipe, defaults included
+    assert recipe["data"]["init_args"]["path"] == "recipes/data/tiny_preferences.jsonl"
+    assert recipe["model"]["init_args"]["algorithm"]["init_args"] == {"beta": 0.1, "label_smoothing": 0.0}
+    assert recipe["trainer"]["max_steps"] == 2
+
+    shared = {f"train/{k}" for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                     "rewards/margins", "logps/chosen", "logps/rejected")}
+    assert shared <= run.keys()
+
+    rows_with_table = [row for row in run.history if "samples" in row]
+    assert len(rows_with_table) == 1, run.history
+    (table_row,) = rows_with_table
+    table_ref = table_row["samples"]
+    assert table_ref["_type"] == "table-file"
+    table = json.loads((run_log.parent / "files" / table_ref["path"]).read_text())
+    assert table["columns"] == COLUMNS
+    assert len(table["data"]) == 2
+    for step, prompt, completion, reward, reference in table["data"]:
+        assert step == 2 and prompt and reference and isinstance(completion, str)
+        assert isinstance(reward, float)
