@@ -1,12 +1,13 @@
 """lightning-rlhf: align language models with preferences, on Lightning."""
 
-from lightning_rlhf.algorithm import Algorithm, LossOutput, OnlineAlgorithm, SequenceLogps
+from lightning_rlhf.algorithm import Algorithm, Experience, LossOutput, OnlineAlgorithm, SequenceLogps
 from lightning_rlhf.registry import create_algorithm, get_algorithm, list_algorithms, register_algorithm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm",
+    "Experience",
     "LossOutput",
     "OnlineAlgorithm",
     "PolicyModule",

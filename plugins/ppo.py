@@ -151,7 +151,7 @@ class PPO(OnlineAlgorithm):
         kl = kl_estimate(old.token_logps, reference.token_logps, self.kl_estimator) * mask  # [N, T-1]
         beta = self.kl_controller.beta
 
-        shaped = self._shape_scores(scores)
+        shaped = self._shape_scores(scores, update=getattr(ctx, "training", True))
         rewards = -beta * kl
         last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # final token's column
         rewards[torch.arange(len(last), device=mask.device), last] += shaped
@@ -186,9 +186,10 @@ class PPO(OnlineAlgorithm):
         }
         return Experience(tensors, list(prompts["prompts"]), sampled.completions, scores, {k: v.detach().float() for k, v in metrics.items()})
 
-    def _shape_scores(self, scores: torch.Tensor) -> torch.Tensor:
+    def _shape_scores(self, scores: torch.Tensor, update: bool = True) -> torch.Tensor:
         if self.normalize_scores:
-            self.score_moments.update(scores)
+            if update:  # validation rollouts do not move the statistics
+                self.score_moments.update(scores)
             scores = (scores - self.score_moments.mean) / self.score_moments.std
         if self.score_clip is not None:
             scores = scores.clamp(-self.score_clip, self.score_clip)

@@ -130,3 +130,19 @@ def test_logps_and_entropy_at_a_temperature_match_full_softmax():
 def test_missing_eos_penalty():
     scores = penalise_missing_eos(torch.tensor([0.5, 0.5]), torch.tensor([True, False]), penalty=1.0)
     torch.testing.assert_close(scores, torch.tensor([0.5, -0.5]))
+
+
+def test_running_score_moments_and_clipping_by_hand():
+    from lightning_rlhf_plugins.ppo import PPO, RunningMoments
+
+    moments = RunningMoments()
+    moments.update(torch.tensor([1.0, 2.0, 3.0]))
+    moments.update(torch.tensor([4.0, 5.0]))
+    # all five: mean 3, population variance (4 + 1 + 0 + 1 + 4) / 5 = 2
+    assert moments.mean == pytest.approx(3.0) and moments.var == pytest.approx(2.0) and moments.count == 5
+    ppo = PPO(normalize_scores=True, score_clip=1.0)
+    # first batch [0, 2]: mean 1, std 1 -> [-1, 1]; then clipped to [-1, 1]
+    torch.testing.assert_close(ppo._shape_scores(torch.tensor([0.0, 2.0])), torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
+    # no update (validation): statistics unchanged, 5 -> (5 - 1) / 1 = 4 -> clipped to 1
+    torch.testing.assert_close(ppo._shape_scores(torch.tensor([5.0]), update=False), torch.tensor([1.0]))
+    assert ppo.score_moments.count == 2
