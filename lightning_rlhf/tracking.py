@@ -91,7 +91,10 @@ def read_offline_run(path: str | Path) -> OfflineRun:
     for record in read_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.name, run.group, run.tags = record.run.display_name, record.run.run_group, list(record.run.tags)
+            # a run may be recorded more than once (updates); keep what each one sets
+            run.name = record.run.display_name or run.name
+            run.group = record.run.run_group or run.group
+            run.tags = list(record.run.tags) or run.tags
             _update_config(run.config, record.run.config)
         elif kind == "config":
             _update_config(run.config, record.config)

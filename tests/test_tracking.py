@@ -20,12 +20,16 @@ def length_reward(prompts: list[str], completions: list[str]) -> list[float]:
 
 
 def test_offline_wandb_run_holds_config_metrics_and_samples_table(tmp_path, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # WandbLogger reuses a run left open in this process (an earlier test's): start clean.
+    wandb.finish()
     samples = {
         "class_path": "lightning_rlhf.callbacks.SampleCompletionsCallback",
         "init_args": {"every_n_steps": 2, "num_prompts": 2, "max_new_tokens": 6, "reward": "test_tracking.length_reward"},
     }
-    RLHFCLI(args=[
+    cli = RLHFCLI(args=[
         "fit", "--config", "recipes/dpo/tiny.yaml",
         "--trainer.max_steps", "2",
         "--trainer.default_root_dir", str(tmp_path),
@@ -35,9 +39,8 @@ def test_offline_wandb_run_holds_config_metrics_and_samples_table(tmp_path, monk
         "--trainer.callbacks+", json.dumps(samples),
         "--model.init_args.export_dir", "null",
     ])
-    import wandb
-
-    wandb.finish()  # the run log is complete once the run ends (at exit in a `lightning-rlhf fit` process)
+    # the run log is complete once the run ends (at exit in a `lightning-rlhf fit` process)
+    cli.trainer.logger.experiment.finish()
     (run_log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     run = read_offline_run(run_log)
 
