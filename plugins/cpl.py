@@ -79,7 +79,7 @@ class CPL(Algorithm):
             loss,
             {
                 "cpl_loss": cpl_loss.detach(),
-                "bc_nll": bc_nll.detach(),
+                "nll": bc_nll.detach(),
                 "rewards/chosen": score_chosen.detach().mean(),
                 "rewards/rejected": score_rejected.detach().mean(),
                 "rewards/accuracies": (margins > 0).float().mean().detach(),

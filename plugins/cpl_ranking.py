@@ -77,7 +77,7 @@ class CPLRanking(Algorithm):
             loss,
             {
                 "cpl_loss": cpl_loss.detach(),
-                "bc_nll": bc_nll.detach(),
+                "nll": bc_nll.detach(),
                 "rewards/accuracies": accuracy.float().detach(),
                 "rewards/margins": ((margins * pairs).sum() / n_pairs).detach(),
                 "rewards/best": ((scores * best).sum() / best.sum().clamp(min=1)).detach(),
