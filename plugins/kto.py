@@ -71,13 +71,15 @@ class KTO(Algorithm):
         loss = torch.where(desirable, desirable_losses, undesirable_losses).mean()
         undesirable = ~desirable
         policy_matched = policy.chunk(2)[0].detach()
-        # Means over a class the batch lacks are 0 (see ops.masked_mean).
+        # rewards/* on DPO's scale, beta * log-ratio; means over a class the batch lacks
+        # are 0 (see ops.masked_mean).
+        scaled_rewards = self.beta * rewards.detach()
         return LossOutput(
             loss,
             {
                 "kl": z0,
-                "rewards/chosen": masked_mean(rewards.detach(), desirable),
-                "rewards/rejected": masked_mean(rewards.detach(), undesirable),
+                "rewards/chosen": masked_mean(scaled_rewards, desirable),
+                "rewards/rejected": masked_mean(scaled_rewards, undesirable),
                 "logps/chosen": masked_mean(policy_matched, desirable),
                 "logps/rejected": masked_mean(policy_matched, undesirable),
                 "desirable_fraction": desirable.float().mean(),

@@ -52,8 +52,9 @@ def test_kto_loss_by_hand(kwargs, expected):
         out = create_algorithm("kto", **kwargs).loss(ctx, LABELS)
     assert out.loss.item() == pytest.approx(expected, abs=1e-6)
     assert out.metrics["kl"].item() == pytest.approx(0.4, abs=1e-6)
-    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.5, abs=1e-6)
-    assert out.metrics["rewards/rejected"].item() == pytest.approx(-1.0, abs=1e-6)
+    beta = kwargs.get("beta", 0.1)  # rewards/* are beta * log-ratio, as DPO's
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(beta * 0.5, abs=1e-6)
+    assert out.metrics["rewards/rejected"].item() == pytest.approx(beta * -1.0, abs=1e-6)
     assert out.metrics["logps/chosen"].item() == pytest.approx(-1.0)
     assert out.metrics["logps/rejected"].item() == pytest.approx(-3.0)
     assert ctx.calls == {"policy": 1, "reference": 1}
