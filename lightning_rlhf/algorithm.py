@@ -76,6 +76,16 @@ class PolicyContext(Protocol):
         ...
 
 
+class RewardContext(Protocol):
+    """What :class:`~lightning_rlhf.RewardModule` lends a reward-stage plugin."""
+
+    def rewards(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[N]`` float32 scalar reward of every row, one forward pass, with grad: for
+        preference data chosen rows then rejected rows; for ranking data see
+        ``lightning_rlhf.data.ranking``."""
+        ...
+
+
 class Algorithm:
     """Base class of every alignment plugin.
 

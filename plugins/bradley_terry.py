@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
+from lightning_rlhf.algorithm import RewardContext
 
 # Llama 2 (Touvron et al. 2023, arXiv:2307.09288), Table 27: margin per preference rating.
 _LLAMA2_RATINGS = ("significantly better", "better", "slightly better", "negligibly better / unsure")
@@ -83,7 +84,7 @@ class BradleyTerry(Algorithm):
             raise ValueError(f"rating {rating!r} is not in the margin table; known ratings: {sorted(self._table)}")
         return self._table[key]
 
-    def loss(self, ctx, batch) -> LossOutput:
+    def loss(self, ctx: RewardContext, batch) -> LossOutput:
         chosen, rejected = ctx.rewards(batch).chunk(2)  # [B] each: chosen rows come first
         margin = self.margins(batch, chosen)
         preference_loss = -F.logsigmoid(chosen - rejected - margin).mean()

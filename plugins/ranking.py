@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
+from lightning_rlhf.algorithm import RewardContext
 from lightning_rlhf.data.ranking import ranked_pair_mask
 from lightning_rlhf.ops import masked_mean
 
@@ -27,7 +28,7 @@ class Ranking(Algorithm):
     stage = "reward"
     data = "ranking"
 
-    def loss(self, ctx, batch) -> LossOutput:
+    def loss(self, ctx: RewardContext, batch) -> LossOutput:
         rewards = ctx.rewards(batch)  # [N]: all completions of all prompts
         group_index, rank = batch["group_index"], batch["rank"]
         pairs = ranked_pair_mask(group_index, rank).to(rewards.dtype)  # [N, N]: i above j

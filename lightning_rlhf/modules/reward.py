@@ -124,7 +124,9 @@ class RewardModule(L.LightningModule):
         """``[N]`` float32 reward of every row of the batch, in one forward pass (with grad).
 
         For preference batches rows are chosen[0..B) then rejected[B..2B); for ranking
-        batches see ``data.ranking``.
+        batches see ``data.ranking``. The step's metrics (accuracy, margin, reward
+        statistics) are computed from the rewards of the last call, so a plugin calls
+        this once per batch.
         """
         rewards = sequence_rewards(self.reward_model, batch["input_ids"], batch["attention_mask"])
         self._last_rewards = rewards.detach()  # the metrics reuse this forward
