@@ -3,16 +3,15 @@ the dense variant, every ordered pair of K ranked completions."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch.nn.functional as F
 
-from lightning_rlhf import Algorithm, LossOutput, register_algorithm
+from lightning_rlhf import LossOutput, register_algorithm
 from lightning_rlhf.data.ranking import ranked_pair_mask
+from lightning_rlhf_plugins.cpl import CPL
 
 
 @register_algorithm("cpl_ranking")
-class CPLRanking(Algorithm):
+class CPLRanking(CPL):
     """Dense CPL: the CPL loss over every ordered pair of K ranked completions per prompt.
 
     The paper's "dense" preference setting ranks many segments and trains on all the
@@ -29,35 +28,11 @@ class CPLRanking(Algorithm):
     every completion ("all") or the best-ranked ones of each prompt ("chosen").
 
     Reads ``ranking`` batches: rows ``[N, T]`` with ``group_index [N]`` (which prompt)
-    and ``rank [N]`` (0 = best within its prompt). Defaults as ``cpl``.
+    and ``rank [N]`` (0 = best within its prompt). Hyperparameters, their checks and
+    defaults are ``cpl``'s (inherited); ``bc_data: chosen`` clones each prompt's best.
     """
 
     data = "ranking"
-
-    def __init__(
-        self,
-        alpha: float = 0.1,
-        contrastive_bias: float = 0.5,
-        bc_coeff: float = 0.0,
-        bc_data: Literal["all", "chosen"] = "all",
-    ):
-        """
-        Args:
-            alpha: temperature of the max-entropy advantage, A = alpha * log pi
-            contrastive_bias: the conservative bias lambda on the lower-ranked segment, in (0, 1]
-            bc_coeff: weight of the behaviour-cloning (NLL) term; 0 turns it off
-            bc_data: clone every completion ("all") or only each prompt's best ("chosen")
-        """
-        if alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {alpha}")
-        if not 0.0 < contrastive_bias <= 1.0:
-            raise ValueError(f"contrastive_bias must be in (0, 1], got {contrastive_bias}")
-        if bc_coeff < 0:
-            raise ValueError(f"bc_coeff must be non-negative, got {bc_coeff}")
-        if bc_data not in ("all", "chosen"):
-            raise ValueError(f"bc_data must be 'all' or 'chosen', got {bc_data!r}")
-        self.alpha, self.contrastive_bias = alpha, contrastive_bias
-        self.bc_coeff, self.bc_data = bc_coeff, bc_data
 
     def loss(self, ctx, batch) -> LossOutput:
         logps = ctx.policy_logps(batch)
