@@ -7,6 +7,7 @@ hand, not here.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,20 @@ def test_corpus_is_seeded_and_both_sentiments_are_common():
     assert 0.38 < positive < 0.55 and 0.38 < negative < 0.55
     assert 1 - positive - negative > 0.05  # some neutral texts too
     assert all(completion.startswith(" ") for _, completion in corpus.sft_pairs(100))
+
+
+def test_sentiment_words_are_the_ones_vader_scores():
+    rng = random.Random(0)
+    signs = {"positive": [], "negative": []}
+    for _ in range(500):
+        subject = corpus.random_subject(rng)
+        assert sentiment_score(corpus.neutral_completion(rng, subject)) == 0.0
+        assert sentiment_score(corpus.random_prompt(rng, subject)) == 0.0
+        for sentiment, found in signs.items():
+            found.append(sentiment_score(corpus.one_sided_completion(rng, subject, sentiment)))
+    # VADER's rules misread a rare sentence; nearly all must score on the intended side.
+    assert sum(s > 0.05 for s in signs["positive"]) >= 0.99 * len(signs["positive"])
+    assert sum(s < -0.05 for s in signs["negative"]) >= 0.99 * len(signs["negative"])
 
 
 def test_jsonl_writers(tmp_path):

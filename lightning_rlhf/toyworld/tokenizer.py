@@ -20,7 +20,7 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]
 
 
-def train_bpe(texts: list[str], vocab_size: int = 1024) -> Tokenizer:
+def train_bpe(texts: list[str], vocab_size: int = 1536) -> Tokenizer:
     """Byte-level BPE merges learned from `texts`; the special tokens get ids 0, 1, 2.
 
     The trainer is deterministic for a given list of texts, so the tokenizer depends on
@@ -56,6 +56,6 @@ def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tokenizer(seed: int = 0, num_texts: int = 20_000, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(seed: int = 0, num_texts: int = 20_000, vocab_size: int = 1536) -> PreTrainedTokenizerFast:
     """Train the toy world's tokenizer on `num_texts` corpus texts drawn with `seed`."""
     return wrap_tokenizer(train_bpe(pretraining_texts(num_texts, seed), vocab_size))
