@@ -230,3 +230,13 @@ def algorithm_spec(algorithm: Algorithm) -> dict[str, Any]:
     """``{"class_path": name, "init_args": {...}}``, as a recipe writes it."""
     return {"class_path": algorithm.name or f"{type(algorithm).__module__}.{type(algorithm).__qualname__}",
             "init_args": hyperparameters(algorithm)}
+
+
+def check_data_kind(algorithm: Algorithm, datamodule: Any) -> None:
+    """Refuse a data module whose rows are not the kind the algorithm reads."""
+    kind = getattr(datamodule, "data_kind", None)
+    if kind is not None and kind != algorithm.data:
+        raise ValueError(
+            f"algorithm {algorithm.name!r} reads {algorithm.data!r} data, "
+            f"but the data module {type(datamodule).__name__} gives {kind!r} data"
+        )

@@ -177,13 +177,8 @@ class SFTDataModule(TextDataModule):
         return parse_sft(checker)
 
     def encode(self, example, tokenization: Tokenization) -> dict | None:
-        prompt_text, completion_text = tokenization.render(example.prompt, example.completion)
-        if not completion_text.strip():
-            tokenization.drop("empty completion")
-            return None
-        tokens = tokenization.truncate(tokenization.prompt_ids(prompt_text), tokenization.completion_ids(completion_text))
+        tokens = tokenization.encode(example.prompt, example.completion)
         if tokens is None:
-            tokenization.drop("completion empty after truncation")
             return None
         if self.train_on_prompt:
             return {"prompt_ids": [], "completion_ids": tokens.prompt_ids + tokens.completion_ids}

@@ -92,6 +92,17 @@ class Tokenization:
             return None
         return TokenizedCompletion(prompt_ids, completion_ids)
 
+    def encode(self, prompt: Text, completion: Text) -> TokenizedCompletion | None:
+        """Render, tokenise and truncate one prompt/completion; None (counted) to drop it."""
+        prompt_text, completion_text = self.render(prompt, completion)
+        if not completion_text.strip():
+            self.drop("empty completion")
+            return None
+        tokens = self.truncate(self.prompt_ids(prompt_text), self.completion_ids(completion_text))
+        if tokens is None:
+            self.drop("completion empty after truncation")
+        return tokens
+
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
 

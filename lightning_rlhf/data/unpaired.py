@@ -112,13 +112,8 @@ class UnpairedDataModule(TextDataModule):
             halves = [UnpairedExample(example.prompt, example.chosen, True), UnpairedExample(example.prompt, example.rejected, False)]
             encoded = [row for row in (self.encode(half, tokenization) for half in halves) if row is not None]
             return encoded or None
-        prompt_text, completion_text = tokenization.render(example.prompt, example.completion)
-        if not completion_text.strip():
-            tokenization.drop("empty completion")
-            return None
-        tokens = tokenization.truncate(tokenization.prompt_ids(prompt_text), tokenization.completion_ids(completion_text))
+        tokens = tokenization.encode(example.prompt, example.completion)
         if tokens is None:
-            tokenization.drop("completion empty after truncation")
             return None
         return {"prompt_ids": tokens.prompt_ids, "completion_ids": tokens.completion_ids, "label": example.label}
 

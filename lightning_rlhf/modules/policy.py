@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, SequenceLogps, algorithm_spec
+from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, SequenceLogps, algorithm_spec, check_data_kind
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
 from lightning_rlhf.models.critic import CriticSettings
@@ -149,13 +149,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         return self.reference_settings is None and self.policy_settings.lora is not None
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        kind = getattr(datamodule, "data_kind", None)
-        if kind is not None and kind != self.algorithm.data:
-            raise ValueError(
-                f"algorithm {self.algorithm.name!r} reads {self.algorithm.data!r} data, "
-                f"but the data module {type(datamodule).__name__} gives {kind!r} data"
-            )
+        check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
 
     # -- what plugins may use -------------------------------------------------------------
     def policy_logps(self, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:

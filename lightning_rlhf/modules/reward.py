@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Algorithm, algorithm_spec
+from lightning_rlhf.algorithm import Algorithm, algorithm_spec, check_data_kind
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import load_tokenizer
 from lightning_rlhf.models.reward import load_reward_model, sequence_rewards
@@ -111,13 +111,7 @@ class RewardModule(L.LightningModule):
         return module
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        kind = getattr(datamodule, "data_kind", None)
-        if kind is not None and kind != self.algorithm.data:
-            raise ValueError(
-                f"algorithm {self.algorithm.name!r} reads {self.algorithm.data!r} data, "
-                f"but the data module {type(datamodule).__name__} gives {kind!r} data"
-            )
+        check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
 
     # -- what plugins may use -------------------------------------------------------------
     def rewards(self, batch: dict[str, Tensor]) -> Tensor:
