@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_rlhf.data.collate import PreferenceCollator, SFTCollator
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.formats import RowChecker, parse_preference, parse_sft
+from lightning_rlhf.data.length_grouping import example_length
 from lightning_rlhf.data.readers import read_rows
 from lightning_rlhf.data.sampler import ResumableDataLoader
 from lightning_rlhf.data.tokenize import RenderError, Tokenization
@@ -40,6 +41,7 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pad_to_multiple_of: int = 1,
         seed: int = 0,
+        group_by_length: bool = False,
     ):
         """
         Args:
@@ -54,6 +56,9 @@ class TextDataModule(L.LightningDataModule):
             tokenizer: tokenizer id or path; default: the model's, lent by the module
             pad_to_multiple_of: pad batch width to a multiple of this (tensor-core friendly)
             seed: shuffling and the validation split
+            group_by_length: batch rows of similar length together, so that little of a batch
+                is padding (shuffled in megabatches of 50 batches, see ``data.length_grouping``);
+                validation rows are then read shortest first
         """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -65,6 +70,7 @@ class TextDataModule(L.LightningDataModule):
         self.split, self.chat_template = split, chat_template
         self.tokenizer_name = tokenizer
         self.num_workers, self.pad_to_multiple_of, self.seed = num_workers, pad_to_multiple_of, seed
+        self.group_by_length = group_by_length
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
@@ -148,6 +154,7 @@ class TextDataModule(L.LightningDataModule):
             shuffle=True,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
+            lengths=[example_length(row) for row in self.train_rows] if self.group_by_length else None,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
         )
@@ -155,9 +162,8 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_rows:
             return []
-        return DataLoader(
-            self.val_rows, batch_size=self.val_batch_size, collate_fn=self.collator(), num_workers=self.num_workers
-        )
+        rows = sorted(self.val_rows, key=example_length) if self.group_by_length else self.val_rows
+        return DataLoader(rows, batch_size=self.val_batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
 
 
 class SFTDataModule(TextDataModule):

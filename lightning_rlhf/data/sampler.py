@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+
+from lightning_rlhf.data.length_grouping import group_by_length
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +32,13 @@ log = logging.getLogger(__name__)
 class ResumableSampler(DistributedSampler):
     """Shuffles with ``(seed, epoch)``; can start an epoch ``skip_batches`` batches in."""
 
-    def __init__(self, dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+    def __init__(
+        self, dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+        lengths: Sequence[int] | None = None,
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.batch_size = batch_size
+        self.lengths = lengths  # given: batches of similar length (data.length_grouping)
         self._resume: tuple[int, int] | None = None  # (epoch, batches to skip), used once
         self.start_batch = 0  # where the epoch being iterated started
 
@@ -44,6 +51,8 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         indices = list(super().__iter__())
+        if self.lengths is not None:
+            indices = group_by_length(indices, self.lengths, self.batch_size, self.seed + self.epoch)
         self.start_batch = 0
         # Lightning sets the epoch after a resumed run's first iter(): the skip applies only
         # if the epoch it was meant for is the one being iterated.
@@ -70,9 +79,12 @@ class ResumableDataLoader(DataLoader):
         shuffle: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
+        lengths: Sequence[int] | None = None,
         **kwargs,
     ):
-        sampler = ResumableSampler(dataset, batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        sampler = ResumableSampler(
+            dataset, batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, lengths=lengths
+        )
         # Worker seeds come from this generator, not the global RNG, so starting an
         # iterator (which a resumed run does at a different moment) leaves the global RNG alone.
         generator = torch.Generator().manual_seed(seed)
