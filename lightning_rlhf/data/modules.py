@@ -154,6 +154,8 @@ class TextDataModule(L.LightningDataModule):
             shuffle=True,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
+            # batches of one optimiser step are counted together, for token-averaged losses
+            accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
             lengths=[example_length(row) for row in self.train_rows] if self.group_by_length else None,
             collate_fn=self.collator(),
             num_workers=self.num_workers,

@@ -17,6 +17,7 @@ and each rank resumes its own shard.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_rlhf.data.length_grouping import group_by_length
+from lightning_rlhf.data.step_tokens import with_step_tokens
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ class ResumableDataLoader(DataLoader):
     The position counts batches *handed to the loop*, not indices drawn by the sampler:
     with worker processes the sampler runs ahead by ``prefetch_factor * num_workers``
     batches, and those were not trained on yet.
+
+    Each batch with a ``completion_mask`` carries ``loss_tokens``: the completion tokens of
+    its ``accumulate``-batch accumulation window (see ``data.step_tokens``).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class ResumableDataLoader(DataLoader):
         shuffle: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
+        accumulate: int = 1,
         lengths: Sequence[int] | None = None,
         **kwargs,
     ):
@@ -90,10 +96,15 @@ class ResumableDataLoader(DataLoader):
         generator = torch.Generator().manual_seed(seed)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
         self._yielded = 0
+        self.accumulate = accumulate
 
     def __iter__(self):
         self._yielded = 0
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        first = next(batches, None)  # draws the epoch's order: sampler.start_batch is known after it
+        if first is None:
+            return
+        for batch in with_step_tokens(itertools.chain([first], batches), self.accumulate, self.sampler.start_batch):
             self._yielded += 1
             yield batch
 

@@ -196,11 +196,26 @@ class PolicyModule(OnlineMixin, L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         if self.is_online:
             return self.online_training_step(batch, batch_idx)  # modules/online.py
+        if "loss_tokens" in batch:  # this process's tokens in the accumulation window (data.step_tokens)
+            batch["loss_tokens"] = self.loss_token_divisor(batch["loss_tokens"], self.trainer.accumulate_grad_batches)
         out = self.algorithm.loss(self, batch)
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in out.metrics.items()}, batch_size=batch_size)
         return out.loss
+
+    def loss_token_divisor(self, tokens: Tensor, micro_batches: int = 1) -> Tensor:
+        """What a token-summed loss divides by for its optimiser step to train on the exact
+        token mean of the step over every process: ``N_step / (W * micro_batches)``.
+
+        ``tokens`` is this process's count over the step's micro-batches; summed over the
+        ``W`` processes it is ``N_step``. DDP, FSDP and DeepSpeed average gradients over
+        processes, and Lightning divides each micro-batch's loss by
+        ``accumulate_grad_batches``: the divisor gives back both factors (see
+        ``data.step_tokens``). One process, no accumulation: the batch's own count.
+        """
+        total = self.trainer.strategy.reduce(tokens.to(torch.float32, copy=True), reduce_op="sum")
+        return total.clamp(min=1) / (self.trainer.world_size * micro_batches)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         if self.is_online:
