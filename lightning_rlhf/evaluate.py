@@ -14,6 +14,12 @@ and settings; a reward source scores every completion. Reported:
   included). It is unbiased for the sequence-level KL when sampling is at temperature 1
   and top_p 1; under other settings it measures the divergence on those samples only
   and the report says so. It needs the two models to share a tokenizer.
+
+With ``--best-of-n 2,4,16`` it also reports best-of-n from the reference: N = max(n)
+further reference samples per prompt (seed + 1, independent of the reference's own
+samples), the best of the first n by a selection reward (``--best-of-n-reward``, default
+the evaluation reward), its evaluation reward, its win rate against the reference's
+samples, and its KL ``log n - (n - 1) / n`` (see ``lightning_rlhf.best_of_n``).
 """
 
 from __future__ import annotations
@@ -60,9 +66,12 @@ def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
 def evaluate_models(
     policy, policy_tokenizer, reference, reference_tokenizer, prompts: list[str], reward,
     samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-    batch_size: int = 64, seed: int = 0,
+    batch_size: int = 64, seed: int = 0, best_of_n: Sequence[int] = (), selection_reward=None,
 ) -> dict:
-    """Sample, score and compare; returns the report as a plain dict (see module docstring)."""
+    """Sample, score and compare; returns the report as a plain dict (see module docstring).
+
+    ``best_of_n``: the n of best-of-n rows from the reference, selected by
+    ``selection_reward`` (None: ``reward``)."""
     from lightning_rlhf.generation import sample, sequence_logps
 
     settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
@@ -79,7 +88,7 @@ def evaluate_models(
             sequence_logps(policy, policy_tokenizer, sample_prompts, tokens, batch_size).tolist(),
             sequence_logps(reference, policy_tokenizer, sample_prompts, tokens, batch_size).tolist(),
         )
-    return {
+    report = {
         "prompts": len(prompts),
         "samples_per_prompt": samples,
         "policy": {
@@ -108,6 +117,35 @@ def evaluate_models(
             for i in range(min(EXAMPLES, len(sample_prompts)))
         ],
     }
+    if best_of_n:
+        from lightning_rlhf.best_of_n import scores_matrix
+
+        reference_matrix = scores_matrix(reference_scores, len(prompts))
+        report["best_of_n"] = evaluate_best_of_n(
+            reference, reference_tokenizer, prompts, reward, selection_reward or reward, best_of_n, reference_matrix,
+            {**settings, "seed": seed + 1},
+        )
+    return report
+
+
+def evaluate_best_of_n(model, tokenizer, prompts: list[str], reward, selection_reward, ns: Sequence[int],
+                       reference_scores: torch.Tensor, settings: dict) -> dict:
+    """Best-of-n rows from ``max(ns)`` fresh samples per prompt of ``model`` (the reference)."""
+    from lightning_rlhf.best_of_n import best_of_n_rows, scores_matrix
+    from lightning_rlhf.generation import sample
+
+    started = time.perf_counter()
+    n_max = max(ns)
+    texts = [s.text for group in sample(model, tokenizer, prompts, **{**settings, "n": n_max}) for s in group]
+    pool_prompts = [p for p in prompts for _ in range(n_max)]
+    evaluation = scores_matrix(reward(pool_prompts, texts).tolist(), len(prompts))
+    selection = evaluation if selection_reward is reward else scores_matrix(selection_reward(pool_prompts, texts).tolist(), len(prompts))
+    return {
+        "rows": best_of_n_rows(selection, evaluation, reference_scores, ns),
+        "samples_per_prompt": n_max,
+        "seed": settings["seed"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def format_report(report: dict, policy_name: str = "policy", reference_name: str = "reference") -> str:
@@ -123,11 +161,22 @@ def format_report(report: dict, policy_name: str = "policy", reference_name: str
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{report['prompts']} prompts x {report['samples_per_prompt']} sample(s)"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if report.get("best_of_n"):
+        lines += ["", *format_best_of_n(report["best_of_n"], reference_name)]
     for example in report["examples"]:
         lines.append(f"\n  {example['prompt']!r}")
         lines.append(f"    {reference_name} ({example['reference_reward']:+.2f}):{example['reference']}")
         lines.append(f"    {policy_name} ({example['policy_reward']:+.2f}):{example['policy']}")
     return "\n".join(lines)
+
+
+def format_best_of_n(best_of_n: dict, reference_name: str = "reference") -> list[str]:
+    selection = best_of_n.get("selection_reward")
+    lines = [f"best of n {reference_name} samples" + (f", selected by {selection}" if selection else "") + ":"]
+    rows = [("n", "KL (nats)", "mean reward", f"win rate vs {reference_name}")]
+    rows += [(str(r["n"]), f"{r['kl']:.3f}", f"{r['mean_reward']:+.3f}", f"{r['win_rate']:.1%}") for r in best_of_n["rows"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return lines + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
 def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> None:
@@ -145,6 +194,9 @@ def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> 
     }
     if report["kl"] is not None:
         metrics["eval/kl"] = report["kl"]
+    for row in (report.get("best_of_n") or {}).get("rows", []):
+        for key in ("mean_reward", "win_rate", "kl"):
+            metrics[f"eval/best_of_{row['n']}/{key}"] = row[key]
     run.log(metrics)
     columns = ["prompt", "policy", "policy_reward", "reference", "reference_reward"]
     run.log({"eval/examples": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in report["examples"]])})
@@ -170,6 +222,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb-name", default=None, help="W&B run name")
     parser.add_argument("--policy-label", default="policy", help="the policy's name in the table")
     parser.add_argument("--reference-label", default="reference", help="the reference's name in the table")
+    parser.add_argument("--best-of-n", default=None, metavar="N,N,...",
+                        help="also report best-of-n from the reference for these n (e.g. 2,4,8,16,32)")
+    parser.add_argument("--best-of-n-reward", default=None,
+                        help="reward source that picks the best of n (default: --reward); a proxy such as a reward model")
     add_sampling_arguments(parser)
     return parser
 
@@ -178,18 +234,31 @@ def evaluate_command(argv: list[str]) -> int:
     from lightning_rlhf.collect import load_policy, read_prompts
     from lightning_rlhf.rewards.spec import load_reward_source
 
-    args = evaluate_parser().parse_args(argv)
+    parser = evaluate_parser()
+    args = parser.parse_args(argv)
+    best_of_n = []
+    if args.best_of_n:
+        from lightning_rlhf.best_of_n import parse_ns
+
+        try:
+            best_of_n = parse_ns(args.best_of_n)
+        except ValueError as e:
+            parser.error(f"--best-of-n: {e}")
 
     started = time.perf_counter()
     prompts = read_prompts(args.prompts, args.limit)
     reward = load_reward_source(args.reward)
+    selection_reward = load_reward_source(args.best_of_n_reward) if args.best_of_n_reward else None
     policy, policy_tokenizer = load_policy(args.policy)
     reference, reference_tokenizer = load_policy(args.reference)
     report = evaluate_models(
         policy, policy_tokenizer, reference, reference_tokenizer, prompts, reward,
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+        best_of_n=best_of_n, selection_reward=selection_reward,
     )
+    if best_of_n:
+        report["best_of_n"]["selection_reward"] = args.best_of_n_reward or args.reward
     report.update(policy_name=args.policy, reference_name=args.reference, reward=args.reward,
                   seconds=round(time.perf_counter() - started, 1))
     print(format_report(report, args.policy_label, args.reference_label))

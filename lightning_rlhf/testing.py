@@ -14,6 +14,7 @@ import inspect
 import torch
 
 from lightning_rlhf.algorithm import Algorithm, Experience, LossOutput, OnlineAlgorithm, hyperparameters
+from lightning_rlhf.self_training import SelfTrainingAlgorithm
 
 # A few rows of each data kind, in the formats users write.
 SAMPLE_ROWS: dict[str, list[dict]] = {
@@ -111,6 +112,10 @@ def check_algorithm(algorithm: Algorithm) -> LossOutput:
         from lightning_rlhf.testing_reward import run_reward_algorithm  # the reward stage's own harness
 
         module, out = run_reward_algorithm(algorithm)
+    elif isinstance(algorithm, SelfTrainingAlgorithm):
+        from lightning_rlhf.testing_self_training import run_self_training_algorithm  # grow, select, then the loss
+
+        module, out = run_self_training_algorithm(algorithm)
     elif isinstance(algorithm, OnlineAlgorithm):
         from lightning_rlhf.rewards import FunctionReward
 

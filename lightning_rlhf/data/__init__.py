@@ -2,6 +2,7 @@ from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.modules import PreferenceDataModule, SFTDataModule, TextDataModule
 from lightning_rlhf.data.prompts import PromptDataModule
 from lightning_rlhf.data.ranking import RankingDataModule
+from lightning_rlhf.data.self_training import SelfTrainingDataModule
 from lightning_rlhf.data.unpaired import UnpairedDataModule
 
 # The data module that reads each data kind an algorithm can declare.
@@ -13,4 +14,4 @@ DATA_MODULES = {
     "prompt": PromptDataModule,
 }
 
-__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "PromptDataModule", "RankingDataModule", "SFTDataModule", "TextDataModule", "UnpairedDataModule"]
+__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "PromptDataModule", "RankingDataModule", "SFTDataModule", "SelfTrainingDataModule", "TextDataModule", "UnpairedDataModule"]
