@@ -18,6 +18,9 @@ class OptimizerSettings:
     """share of the training steps spent warming up linearly from 0"""
     schedule: str = "cosine"
     """after warm-up: cosine (to 0), linear (to 0) or constant"""
+    fused: bool = True
+    """PyTorch's fused AdamW kernel (one pass over each parameter, CPU and CUDA; what
+    Hugging Face's Trainer uses by default); False: the per-parameter loop"""
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -31,12 +34,11 @@ class OptimizerSettings:
         params = [p for p in parameters if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+                  *(extra_groups or [])]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
-             *(extra_groups or [])],
-            lr=self.learning_rate,
-            betas=tuple(self.betas),
-            eps=self.eps,
+            groups, lr=self.learning_rate, betas=tuple(self.betas), eps=self.eps,
+            fused=self.fused and _fusable([p for g in groups for p in g["params"]]),
         )
         warmup = int(self.warmup_ratio * total_steps)
         schedule = self.schedule
@@ -53,3 +55,9 @@ class OptimizerSettings:
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _fusable(parameters) -> bool:
+    """The fused kernel takes floating-point tensors on CPU or CUDA (not e.g. meta or
+    4-bit storage)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
