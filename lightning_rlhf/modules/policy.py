@@ -21,6 +21,7 @@ from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_to
 from lightning_rlhf.models.critic import CriticSettings
 from lightning_rlhf.modules.online import OnlineMixin, OnlineSettings, reward_spec
 from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
 from lightning_rlhf.ops import completion_index, selective_logps, selective_logps_entropy
 from lightning_rlhf.rewards.base import RewardSource
 
@@ -104,15 +105,18 @@ class PolicyModule(OnlineMixin, L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        self.policy = load_causal_lm(self.policy_settings, trainable=True)
-        self.policy.train()
-        if self.disable_dropout:
-            _disable_dropout(self.policy)
-        if self.algorithm.needs_reference and not self.uses_adapter_reference:
-            settings = self.reference_settings or self.policy_settings
-            self.reference_model = load_causal_lm(settings, trainable=False)
-        if self.algorithm.needs_value:
-            self.configure_critic()
+        with loading_into_shards(self._trainer):  # DeepSpeed ZeRO-3 partitions weights as they load
+            self.policy = load_causal_lm(self.policy_settings, trainable=True)
+            self.policy.train()
+            if self.disable_dropout:
+                _disable_dropout(self.policy)
+            if self.algorithm.needs_reference and not self.uses_adapter_reference:
+                # A frozen submodule (requires_grad False, eval mode, not in the optimiser): a
+                # strategy shards or replicates it with the policy (see modules.sharded).
+                settings = self.reference_settings or self.policy_settings
+                self.reference_model = load_causal_lm(settings, trainable=False)
+            if self.algorithm.needs_value:
+                self.configure_critic()
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> PolicyModule:
@@ -150,6 +154,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
+        check_strategy(self.trainer.strategy, online=self.is_online, export_dir=self.export_dir)
 
     # -- what plugins may use -------------------------------------------------------------
     def policy_logps(self, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
@@ -235,8 +240,11 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             self.reference_model.eval()
 
     def on_fit_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
-            self.save_pretrained(self.export_dir, merged=self.export_merged)
+        if not self.export_dir:
+            return
+        with full_weights(self.trainer, self.policy):  # every process takes part in gathering shards
+            if self.trainer.is_global_zero:
+                self.save_pretrained(self.export_dir, merged=self.export_merged)
 
     # -- checkpoints and export ----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -21,6 +21,7 @@ from lightning_rlhf.models.loading import load_tokenizer
 from lightning_rlhf.models.reward import load_reward_model, sequence_rewards
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.policy import _disable_dropout, export_policy
+from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
 from lightning_rlhf.modules.reward_metrics import RewardMetrics
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ class RewardModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.reward_model is not None:
             return
-        self.reward_model = load_reward_model(self.reward_model_settings, self.tokenizer, trainable=True)
+        with loading_into_shards(self._trainer):  # DeepSpeed ZeRO-3 partitions weights as they load
+            self.reward_model = load_reward_model(self.reward_model_settings, self.tokenizer, trainable=True)
         self.reward_model.train()
         if self.disable_dropout:
             _disable_dropout(self.reward_model)
@@ -112,6 +114,7 @@ class RewardModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
+        check_strategy(self.trainer.strategy, export_dir=self.export_dir)
 
     # -- what plugins may use -------------------------------------------------------------
     def rewards(self, batch: dict[str, Tensor]) -> Tensor:
@@ -154,8 +157,11 @@ class RewardModule(L.LightningModule):
         )
 
     def on_fit_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
-            self.save_pretrained(self.export_dir, merged=self.export_merged)
+        if not self.export_dir:
+            return
+        with full_weights(self.trainer, self.reward_model):  # every process takes part in gathering shards
+            if self.trainer.is_global_zero:
+                self.save_pretrained(self.export_dir, merged=self.export_merged)
 
     # -- export ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, merged: bool = True) -> Path:

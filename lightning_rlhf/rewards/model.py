@@ -69,7 +69,7 @@ class RewardModelSource(RewardSource):
         from lightning_rlhf.data.tokenize import Tokenization
 
         self.model, self.tokenizer = load_exported_reward_model(path, dtype)
-        self.model.to(self._device)
+        self.model.to("cpu" if self._device_is_lazy() else self._device)  # a bare "cuda" is placed in _scoring_device
         self._tokenization = Tokenization(self.tokenizer, max_length, max_prompt_length)
         if chat_template and not self._tokenization.chat_template:
             raise ValueError(f"chat_template is on, but the tokenizer in {path} has no chat template")
@@ -99,14 +99,26 @@ class RewardModelSource(RewardSource):
         # Similar lengths together waste less padding; the score does not depend on it.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         scores = torch.empty(len(encoded), dtype=torch.float32)
+        device = self._scoring_device()
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = pad_sequences([([], encoded[i]) for i in chunk], self.tokenizer.pad_token_id)
-            rewards = sequence_rewards(
-                self.model, batch["input_ids"].to(self._device), batch["attention_mask"].to(self._device)
-            )
+            rewards = sequence_rewards(self.model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
             scores[torch.tensor(chunk)] = rewards.cpu()
         return scores
+
+    def _device_is_lazy(self) -> bool:
+        return self._device.type == "cuda" and self._device.index is None
+
+    def _scoring_device(self) -> torch.device:
+        """A bare ``cuda`` (``device: auto`` on a GPU machine, or ``cuda``) is this process's
+        current GPU, looked up when scoring starts, not when the recipe is read: under DDP
+        every process builds its reward source before Lightning sets its GPU, and a copy
+        placed then would land on GPU 0 in every process."""
+        if self._device_is_lazy():
+            self._device = torch.device("cuda", torch.cuda.current_device())
+            self.model.to(self._device)
+        return self._device
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         return (self.raw_scores(prompts, completions) - self.offset) / self.scale
