@@ -17,6 +17,7 @@ from lightning_rlhf.data.length_grouping import example_length
 from lightning_rlhf.data.readers import read_rows
 from lightning_rlhf.data.sampler import ResumableDataLoader
 from lightning_rlhf.data.tokenize import RenderError, Tokenization
+from lightning_rlhf.reference_cache import CachedReferenceCollator
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ class TextDataModule(L.LightningDataModule):
     """Shared machinery; subclasses say how a row is parsed, encoded and collated."""
 
     data_kind: ClassVar[str]
+    #: each row collates to the same sequences whatever batch it is in, so reference
+    #: log-probs can be computed once per sequence (see ``lightning_rlhf.reference_cache``)
+    reference_cacheable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -75,6 +79,7 @@ class TextDataModule(L.LightningDataModule):
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
         self.drop_reports: list[str] = []
+        self.reference_cache = None  # set by PolicyModule at the start of fit; read by the collator
 
     # -- what subclasses provide ------------------------------------------------------
     def parse(self, checker: RowChecker):
@@ -157,7 +162,7 @@ class TextDataModule(L.LightningDataModule):
             # batches of one optimiser step are counted together, for token-averaged losses
             accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
             lengths=[example_length(row) for row in self.train_rows] if self.group_by_length else None,
-            collate_fn=self.collator(),
+            collate_fn=CachedReferenceCollator(self.collator(), self),
             num_workers=self.num_workers,
         )
 
@@ -165,7 +170,8 @@ class TextDataModule(L.LightningDataModule):
         if not self.val_rows:
             return []
         rows = sorted(self.val_rows, key=example_length) if self.group_by_length else self.val_rows
-        return DataLoader(rows, batch_size=self.val_batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
+        collate = CachedReferenceCollator(self.collator(), self)
+        return DataLoader(rows, batch_size=self.val_batch_size, collate_fn=collate, num_workers=self.num_workers)
 
 
 class SFTDataModule(TextDataModule):

@@ -93,6 +93,9 @@ class UnpairedDataModule(TextDataModule):
     counts matched rows (the batch also carries as many mismatched ones)."""
 
     data_kind = "unpaired"
+    # The mismatched rows pair each prompt with another row of the same batch: not a
+    # function of the row, so there is nothing to cache per sequence.
+    reference_cacheable = False
 
     def __init__(self, *args, from_pairs: bool = False, **kwargs):
         """

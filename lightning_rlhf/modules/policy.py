@@ -23,6 +23,7 @@ from lightning_rlhf.modules.online import OnlineMixin, OnlineSettings, reward_sp
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
 from lightning_rlhf.ops import completion_index, selective_logps, selective_logps_entropy
+from lightning_rlhf.reference_cache import BATCH_KEY as CACHED_REFERENCE, ReferenceCache, attach_to_fit
 from lightning_rlhf.rewards.base import RewardSource
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         reference: ModelSettings | None = None,
         optimizer: OptimizerSettings | None = None,
         logps_chunk_size: int = 1024,
+        cache_reference_logps: bool = True,
         disable_dropout: bool = True,
         export_dir: str | None = None,
         export_merged: bool = True,
@@ -54,6 +56,9 @@ class PolicyModule(OnlineMixin, L.LightningModule):
                 the policy's starting weights
             optimizer: AdamW and learning-rate schedule settings
             logps_chunk_size: positions per chunk when applying the output head
+            cache_reference_logps: compute the reference's log-probs once per training and
+                validation sequence when fit starts and reuse them every epoch, instead of a
+                reference forward at every step (see ``lightning_rlhf.reference_cache``)
             disable_dropout: turn dropout off in the policy, so chosen and rejected, policy
                 and reference, are scored by the same function
             export_dir: when fit ends, save the policy here in Hugging Face format
@@ -73,6 +78,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
                 "reference": asdict(reference) if reference else None,
                 "optimizer": asdict(optimizer or OptimizerSettings()),
                 "logps_chunk_size": logps_chunk_size,
+                "cache_reference_logps": cache_reference_logps,
                 "disable_dropout": disable_dropout,
                 "export_dir": export_dir,
                 "export_merged": export_merged,
@@ -86,6 +92,8 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         self.algorithm = algorithm
         self.optimizer_settings = optimizer or OptimizerSettings()
         self.logps_chunk_size = logps_chunk_size
+        self.cache_reference_logps = cache_reference_logps
+        self.reference_cache: ReferenceCache | None = None  # set when fit starts, or from a checkpoint
         self.disable_dropout = disable_dropout
         self.export_dir, self.export_merged = export_dir, export_merged
         self.tokenizer = load_tokenizer(policy)
@@ -129,6 +137,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             reference=ModelSettings.from_dict(hparams["reference"]) if hparams.get("reference") else None,
             optimizer=OptimizerSettings(**hparams["optimizer"]),
             logps_chunk_size=hparams["logps_chunk_size"],
+            cache_reference_logps=hparams.get("cache_reference_logps", True),
             disable_dropout=hparams["disable_dropout"],
             export_dir=hparams.get("export_dir"),
             export_merged=hparams.get("export_merged", True),
@@ -166,6 +175,11 @@ class PolicyModule(OnlineMixin, L.LightningModule):
     def reference_logps(self, batch: dict[str, Tensor], temperature: float = 1.0) -> SequenceLogps:
         if not self.algorithm.needs_reference:
             raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_reference = False")
+        cached = batch.get(CACHED_REFERENCE)  # put in the batch by the data loader
+        if cached is not None and temperature == 1.0:
+            return SequenceLogps(cached, batch["completion_mask"][:, 1:])
+        if self.reference_model is None and not self.uses_adapter_reference:
+            self.reference_model = self._reload_reference()  # released after caching; needed again
         if self.reference_model is not None:
             return self._logps(self.reference_model, batch, temperature)
         with self.policy.disable_adapter():
@@ -235,6 +249,16 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             return self.configure_online_optimizers()
         return self.optimizer_settings.build(self.policy.parameters(), int(self.trainer.estimated_stepping_batches))
 
+    def on_fit_start(self) -> None:
+        if self.cache_reference_logps and self.algorithm.needs_reference and not self.is_online:
+            attach_to_fit(self)  # before the data loaders draw their first batch
+
+    def _reload_reference(self) -> torch.nn.Module:
+        model = load_causal_lm(self.reference_settings or self.policy_settings, trainable=False)
+        if self._trainer is not None:
+            model = self.trainer.precision_plugin.convert_module(model)
+        return model.to(self.device)
+
     def on_train_start(self) -> None:
         if self.reference_model is not None:
             self.reference_model.eval()
@@ -254,10 +278,14 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             del state[key]
         if self.is_online:  # e.g. PPO's adaptive KL coefficient
             checkpoint["algorithm_state"] = self.algorithm.state_dict()
+        if self.reference_cache is not None:  # a resumed run reuses it instead of recomputing
+            checkpoint["reference_cache"] = self.reference_cache.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.is_online and "algorithm_state" in checkpoint:
             self.algorithm.load_state_dict(checkpoint["algorithm_state"])
+        if "reference_cache" in checkpoint:
+            self.reference_cache = ReferenceCache.from_state_dict(checkpoint["reference_cache"])
         if self.reference_model is not None:
             for key, value in self.reference_model.state_dict().items():
                 checkpoint["state_dict"].setdefault(REFERENCE_PREFIX + key, value)
