@@ -40,6 +40,10 @@ class OptimizerSettings:
             groups, lr=self.learning_rate, betas=tuple(self.betas), eps=self.eps,
             fused=self.fused and _fusable([p for g in groups for p in g["params"]]),
         )
+        # A fused optimizer tells a GradScaler that it unscales gradients itself, and Lightning
+        # then refuses gradient clipping under 16-/bf16-mixed. Opting out makes the scaler (fp16)
+        # unscale before the step, as for any optimizer, so clipping sees true gradients.
+        optimizer._step_supports_amp_scaling = False
         warmup = int(self.warmup_ratio * total_steps)
         schedule = self.schedule
 
