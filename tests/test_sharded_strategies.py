@@ -122,11 +122,12 @@ def test_reference_never_trains(tmp_path, lora):
         enable_model_summary=False, default_root_dir=tmp_path,
     )
     module.configure_model()
+    # Held here: the module may let go of its reference once it has cached its log-probs.
+    reference_model = module.reference_model
     if lora:
         base = {n: p.detach().clone() for n, p in module.policy.named_parameters() if "lora_" not in n}
-        reference = None
     else:
-        reference = {n: p.detach().clone() for n, p in module.reference_model.named_parameters()}
+        reference = {n: p.detach().clone() for n, p in reference_model.named_parameters()}
     start = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
     trainer.fit(module, datamodule=PreferenceDataModule(path=str(data), batch_size=4, max_length=48))
 
@@ -139,10 +140,10 @@ def test_reference_never_trains(tmp_path, lora):
         assert all("lora_" in n for n, p in module.policy.named_parameters() if p.requires_grad)
         assert all(torch.equal(p, base[n]) for n, p in module.policy.named_parameters() if n in base)
     else:
-        assert not optimised & {id(p) for p in module.reference_model.parameters()}
-        for name, p in module.reference_model.named_parameters():
+        assert not optimised & {id(p) for p in reference_model.parameters()}
+        for name, p in reference_model.named_parameters():
             assert not p.requires_grad and p.grad is None and torch.equal(p, reference[name]), name
-        assert not module.reference_model.training
+        assert not reference_model.training
 
 
 def test_zero3_partitions_policy_and_reference_and_exports_full_weights():
