@@ -80,6 +80,13 @@ class RLHFCLI(LightningCLI):
             run=run,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would merge the checkpoint's hyper_parameters into the recipe when
+        # --ckpt_path names a file. Ours are plain-data copies of the settings (for
+        # from_checkpoint and W&B), not constructor arguments, and the recipe given with
+        # --config already defines the run: resuming reads only weights and run state.
+        return
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # On by default: resumable checkpoints written atomically, RNG/plugin state, a
         # SIGTERM checkpoint and the divergence guard (see lightning_rlhf.callbacks). A recipe

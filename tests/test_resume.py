@@ -3,8 +3,8 @@ uninterrupted run ends (same weights, same loss); SIGTERM saves; a crash while s
 leaves the previous checkpoint whole.
 
 Runs go through the real command (``lightning-rlhf fit``) with recipes written here:
-24 rows, batch 8, so 3 steps per epoch, 2 epochs, a checkpoint every step. The killed
-run gets SIGKILL right after step 5, before step 5 is saved, so it resumes from step 4:
+24 rows, batch 8 (PPO: 18 prompts, batch 6), so 3 steps per epoch, 2 epochs, a
+checkpoint every step. The killed run gets SIGKILL right after step 5, before step 5 is saved, so it resumes from step 4:
 epoch 1, one batch in.
 """
 
@@ -28,6 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = {
     "sft": ("sft", "lightning_rlhf.data.SFTDataModule", "tiny_sft.jsonl", {}),
     "dpo": ("dpo", "lightning_rlhf.data.PreferenceDataModule", "tiny_preferences.jsonl", {"beta": 0.1}),
+    # 18 prompts, batch 6: 3 rollouts per epoch, one optimiser step each; adaptive KL so the
+    # controller's state has to come back too.
+    "ppo": (
+        "ppo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl",
+        {"ppo_epochs": 1, "minibatch_size": 8, "max_new_tokens": 8, "kl_target": 1.0, "missing_eos_penalty": 0.0},
+    ),
+}
+ONLINE_MODEL_ARGS = {
+    "reward": {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.testing.letter_e_reward"}},
+    "critic": {"share_policy_backbone": True},
 }
 
 
@@ -58,9 +68,13 @@ def write_recipe(tmp_path: Path, kind: str, root: str, callbacks: list | None = 
                 "policy": {"name_or_path": "builtin:tiny-llama"},
                 "algorithm": {"class_path": algorithm, "init_args": init_args},
                 "optimizer": {"learning_rate": 1e-2, "warmup_ratio": 0.2},
+                **(ONLINE_MODEL_ARGS if kind == "ppo" else {}),
             },
         },
-        "data": {"class_path": data_class, "init_args": {"path": str(data), "batch_size": 8, "max_length": 48}},
+        "data": {
+            "class_path": data_class,
+            "init_args": {"path": str(data), "batch_size": 6 if kind == "ppo" else 8, "max_length": 48},
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -86,7 +100,7 @@ def policy_weights(cli: RLHFCLI) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("kind", ["sft", "dpo"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "ppo"])
 def test_killed_mid_epoch_and_resumed_run_matches_uninterrupted_run(tmp_path, kind):
     whole = fit_in_process("--config", str(write_recipe(tmp_path, kind, "whole", name="whole")))
     assert whole.trainer.global_step == 6
@@ -100,7 +114,9 @@ def test_killed_mid_epoch_and_resumed_run_matches_uninterrupted_run(tmp_path, ki
     assert loader_state == {"seed": 0, "epoch": 1, "batches": 1}  # mid-epoch: one batch into epoch 1
     assert {"torch", "python", "numpy"} <= set(checkpoint["rng_states"])
 
-    resumed = fit_in_process("--config", str(write_recipe(tmp_path, kind, "killed", name="resume")), "--ckpt_path", "last")
+    # Both spellings of --ckpt_path: "last" (found in the run's folder) and a file path.
+    ckpt_path = str(last) if kind == "ppo" else "last"
+    resumed = fit_in_process("--config", str(write_recipe(tmp_path, kind, "killed", name="resume")), "--ckpt_path", ckpt_path)
     assert resumed.trainer.global_step == 6
     torch.testing.assert_close(
         resumed.trainer.callback_metrics["train/loss"], whole.trainer.callback_metrics["train/loss"], rtol=0, atol=1e-6
@@ -108,5 +124,10 @@ def test_killed_mid_epoch_and_resumed_run_matches_uninterrupted_run(tmp_path, ki
     expected = policy_weights(whole)
     for name, value in policy_weights(resumed).items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    if kind == "ppo":  # the adaptive KL controller and score statistics came back too
+        assert "algorithm_state" in checkpoint
+        state, expected_state = resumed.model.algorithm.state_dict(), whole.model.algorithm.state_dict()
+        assert state["kl_controller"]["beta"] != 0.05  # it adapted during the run (0.05 is where it starts)
+        assert state["kl_controller"]["beta"] == pytest.approx(expected_state["kl_controller"]["beta"], rel=1e-9)
     # The resumed run changed the weights after loading them: it did train the last 2 steps.
     assert not torch.equal(checkpoint["state_dict"]["policy.lm_head.weight"], expected["lm_head.weight"])

@@ -8,9 +8,13 @@ loaded through the same ``from_pretrained`` path as any hub id or local director
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
 from filelock import FileLock
 
 PREFIX = "builtin:"
@@ -62,9 +66,22 @@ def resolve(name_or_path: str) -> str:
         with FileLock(str(directory) + ".lock"):
             if not done.exists():
                 directory.mkdir(parents=True, exist_ok=True)
-                _BUILDERS[name](directory)
+                # Builders seed themselves; building on first use must not move the
+                # caller's random streams (a seeded run would otherwise initialise, say,
+                # a value head differently on the run that happened to build the model).
+                with _caller_rng_preserved():
+                    _BUILDERS[name](directory)
                 done.touch()
     return str(directory)
+
+
+@contextmanager
+def _caller_rng_preserved():
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 def _load_builders() -> None:
