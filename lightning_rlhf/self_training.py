@@ -26,12 +26,12 @@ state (rejection sampling's pool of best samples, ReST's Grow set) comes back wi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
 from lightning_rlhf.algorithm import Algorithm, DataKind
 
 
@@ -204,12 +204,6 @@ class SelfTrainingAlgorithm(Algorithm):
         data.metrics = phase_metrics(data)
         self.current = data
         return data
-
-    def build_phase(self, ctx, prompts: Sequence[dict], phase: Phase, seed: int) -> PhaseData:
-        """Grow (if the phase does), select, and make ``phase`` current, on one process."""
-        started = time.perf_counter()
-        grown = self.grow(ctx, prompts, phase, seed) if phase.grow else None
-        return self.start_phase(phase, grown, len(prompts), time.perf_counter() - started)
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def test_each_rest_improve_step_trains_on_exactly_its_filtered_grow_set(tmp_path
     assert len(sft.load(sft.path)) == len(fed[1])
 
 
-def test_rejection_sampling_killed_mid_round_resumes_on_the_same_rows(tmp_path):
+def test_rejection_sampling_killed_mid_round_resumes_on_the_same_rows(tmp_path, capsys):
     algorithm = {"class_path": "rejection_sampling", "init_args": {"num_samples": 4, "rounds": 2, "max_new_tokens": 8, "require_eos": False}}
     # 18 prompts, batch 6: 3 steps per round. Killed after step 5, it resumes from step 4: one batch into round 2.
     whole = RLHFCLI(args=["fit", "--config", str(tiny_recipe(tmp_path, algorithm, 2, "whole", batch_size=6))])
@@ -210,6 +210,14 @@ def test_rejection_sampling_killed_mid_round_resumes_on_the_same_rows(tmp_path):
     expected = whole.model.policy.state_dict()
     for name, value in resumed.model.policy.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+    # A checkpoint without the phase state (saved without RunState) is refused, not resampled.
+    del checkpoint["algorithm_state"]
+    torch.save(checkpoint, tmp_path / "stateless.ckpt")
+    recipe = str(tiny_recipe(tmp_path, algorithm, 2, "stateless", batch_size=6))
+    assert main(["fit", "--config", recipe, "--ckpt_path", str(tmp_path / "stateless.ckpt")]) == 2
+    assert "holds no self-training state" in capsys.readouterr().err
 
 
 # -- mistakes in a recipe are said plainly -------------------------------------------------------

@@ -12,7 +12,7 @@ and writes, under ``<output_dir>/<phase name>/``::
     summary.json       the phase and its statistics (also logged as phase/*)
 
 then serves the kept rows as SFT batches: tokenised as ``SFTDataModule`` tokenises them,
-shuffled by (seed, epoch), resumable mid-epoch. ``selected.jsonl`` trains an ``sft`` run
+shuffled by (seed, epoch) (grouped by length with ``group_by_length``), resumable mid-epoch. ``selected.jsonl`` trains an ``sft`` run
 as it is. The phase an epoch belongs to is the plugin's (``epochs_per_phase``).
 
 Which phase is current, and its rows, are in the plugin's checkpointed state: a resumed
@@ -35,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lightning_rlhf.data.collate import SFTCollator
+from lightning_rlhf.data.length_grouping import example_length
 from lightning_rlhf.data.prompts import PromptDataModule
 from lightning_rlhf.data.sampler import ResumableDataLoader
 from lightning_rlhf.data.tokenize import Tokenization
@@ -69,6 +70,12 @@ class SelfTrainingDataModule(PromptDataModule):
         if not self._checked:
             check_setup(trainer, module, algorithm)
             self._checked = True
+        if algorithm.current is None and trainer.ckpt_path:
+            # Sampling anew from the restored weights would train on rows the first run never saw.
+            raise ValueError(
+                f"{trainer.ckpt_path} holds no self-training state (which phase, which rows): it was saved without "
+                "lightning_rlhf.callbacks.RunState, which `lightning-rlhf fit` adds; resume from a checkpoint that has it"
+            )
         phase = algorithm.phase_at_epoch(trainer.current_epoch)
         if algorithm.current is None or phase.index > algorithm.current.phase.index:
             self.build(module, algorithm, phase)
@@ -86,6 +93,9 @@ class SelfTrainingDataModule(PromptDataModule):
             shuffle=True,
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
+            # batches of one optimiser step are counted together, for token-averaged losses
+            accumulate=trainer.accumulate_grad_batches,
+            lengths=[example_length(row) for row in rows] if self.group_by_length else None,
             collate_fn=SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
             num_workers=self.num_workers,
         )
