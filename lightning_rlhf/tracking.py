@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,15 +81,30 @@ class OfflineRun:
     name: str = ""
     group: str = ""
     tags: list[str] = field(default_factory=list)
+    artifacts: list[dict] = field(default_factory=list)
+    """each logged artifact: name, type, aliases, files (paths inside it), metadata"""
 
     def keys(self) -> set[str]:
         return {k for row in self.history for k in row}
 
 
-def read_offline_run(path: str | Path) -> OfflineRun:
-    """Config, history rows, name, group and tags of a ``run-*.wandb`` file."""
+def read_offline_run(path: str | Path, timeout: float = 60.0) -> OfflineRun:
+    """Config, history rows, name, group, tags and artifacts of a ``run-*.wandb`` file.
+
+    W&B's service process writes the file; ``run.finish()`` can return before it has
+    written the last records (seen on a loaded machine), so this waits, up to
+    ``timeout`` seconds, for the run's exit record, which is written last.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} has no exit record after {timeout:.0f} s: the run has not finished writing")
+        time.sleep(0.2)
     run = OfflineRun()
-    for record in read_records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             # a run may be recorded more than once (updates); keep what each one sets
@@ -103,6 +119,15 @@ def read_offline_run(path: str | Path) -> OfflineRun:
             for item in record.history.item:
                 _set_nested(row, [item.key] if item.key else list(item.nested_key), json.loads(item.value_json))
             run.history.append(row)
+        elif kind == "artifact":
+            artifact = record.artifact
+            run.artifacts.append({
+                "name": artifact.name,
+                "type": artifact.type,
+                "aliases": list(artifact.aliases),
+                "files": [entry.path for entry in artifact.manifest.contents],
+                "metadata": json.loads(artifact.metadata) if artifact.metadata else {},
+            })
     return run
 
 

@@ -65,3 +65,37 @@ def test_offline_wandb_run_holds_config_metrics_and_samples_table(tmp_path, monk
     for step, prompt, completion, reward, reference in table["data"]:
         assert step == 2 and prompt and reference and isinstance(completion, str)
         assert isinstance(reward, float)
+
+
+def test_offline_run_logs_checkpoints_as_artifacts_when_asked(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.finish()
+    cli = RLHFCLI(args=[
+        "fit", "--config", "recipes/dpo/tiny.yaml",
+        "--trainer.max_steps", "2",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.class_path", "lightning_rlhf.loggers.WandbLogger",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.logger.init_args.offline", "true",
+        "--trainer.logger.init_args.log_model", "all",
+        "--trainer.callbacks+", json.dumps(
+            {"class_path": "lightning_rlhf.callbacks.RunCheckpoint", "init_args": {"every_n_train_steps": 1}}
+        ),
+        "--model.init_args.export_dir", "null",
+    ])
+    run_id = cli.trainer.logger.experiment.id
+    cli.trainer.logger.experiment.finish()
+    (run_log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    artifacts = [a for a in read_offline_run(run_log).artifacts if a["type"] == "model"]
+
+    # each checkpoint as it is written (step 1, then last.ckpt, step 2, last.ckpt again),
+    # all versions of one model artifact of the run, the newest tagged latest
+    assert [a["metadata"]["original_filename"] for a in artifacts] == [
+        "epoch=0-step=1.ckpt", "last.ckpt", "epoch=0-step=2.ckpt", "last.ckpt",
+    ]
+    assert {a["name"] for a in artifacts} == {f"model-{run_id}"}
+    assert all(a["files"] == ["model.ckpt"] for a in artifacts)
+    assert "latest" in artifacts[-1]["aliases"]
