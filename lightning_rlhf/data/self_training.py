@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -107,8 +108,6 @@ class SelfTrainingDataModule(PromptDataModule):
         prompts = [{**row, "prompt_index": i} for i, row in enumerate(self.train_rows)]
         grown, seconds = None, 0.0
         if phase.grow:
-            import time
-
             started = time.perf_counter()
             rank, world = trainer.global_rank, trainer.world_size
             # A seed per (phase, process): phases draw fresh samples, processes different ones.
