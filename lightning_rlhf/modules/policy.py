@@ -187,9 +187,12 @@ class PolicyModule(OnlineMixin, L.LightningModule):
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
         hf_model = unwrap(model)
-        hidden = hf_model.get_decoder()(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state
+        # Every batch here is right-padded (data.collate), so causal attention never lets a
+        # real token see the padding after it, and positions count from 0 either way: the
+        # mask changes nothing the loss reads. Without it the model builds no mask, takes
+        # the fused causal attention kernel, and skips transformers' host-side check of
+        # the mask (`mask.all()`, a device sync at every forward).
+        hidden = hf_model.get_decoder()(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
         index = batch.get("logp_index")
         if index is None:
             index = completion_index(batch["completion_mask"])
