@@ -41,8 +41,10 @@ class Sample:
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt token ids as the data modules make them: special tokens (BOS) added."""
-    return tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    """Prompt token ids as the data modules make them: special tokens (BOS) added, unless
+    the text already starts with BOS (a prompt rendered by a chat template writes its own)."""
+    bos = tokenizer.bos_token
+    return [tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in prompts]
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,11 @@
 """Sampling: left padding, EOS stopping, seeds, n per prompt; log-probs of sampled tokens."""
 
+import copy
+
 import pytest
 import torch
 
-from lightning_rlhf.generation import sample, sequence_logps
+from lightning_rlhf.generation import encode_prompts, sample, sequence_logps
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +60,14 @@ def test_sequence_logps_match_a_token_by_token_sum(tiny_model, tiny_tokenizer):
         n_prompt = len(ids) - len(completion)
         expected = sum(logps[n_prompt - 1 + t, token].item() for t, token in enumerate(completion))
         assert value.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_prompts_get_one_bos_whether_or_not_their_text_has_it(tiny_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)  # a tokenizer that adds BOS, as Llama's does
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)])
+    assert tokenizer(tokenizer.bos_token + "Hello")["input_ids"].count(bos) == 2  # what a plain call would give
+    plain, rendered = encode_prompts(tokenizer, ["Hello", tokenizer.bos_token + "Hello"])
+    assert plain == rendered and plain[0] == bos and plain.count(bos) == 1
