@@ -40,6 +40,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         optimizer: OptimizerSettings | None = None,
         logps_chunk_size: int = 1024,
         cache_reference_logps: bool = True,
+        compile_policy: bool = False,
         disable_dropout: bool = True,
         export_dir: str | None = None,
         export_merged: bool = True,
@@ -59,6 +60,10 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             cache_reference_logps: compute the reference's log-probs once per training and
                 validation sequence when fit starts and reuse them every epoch, instead of a
                 reference forward at every step (see ``lightning_rlhf.reference_cache``)
+            compile_policy: ``torch.compile`` the policy's transformer (dynamic shapes), fusing
+                its element-wise work (norms, rotary embedding, activations, residuals); the
+                first step pays the compilation (about a minute for a 30M model on a small CPU;
+                inductor keeps it on disk for later runs)
             disable_dropout: turn dropout off in the policy, so chosen and rejected, policy
                 and reference, are scored by the same function
             export_dir: when fit ends, save the policy here in Hugging Face format
@@ -79,6 +84,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
                 "optimizer": asdict(optimizer or OptimizerSettings()),
                 "logps_chunk_size": logps_chunk_size,
                 "cache_reference_logps": cache_reference_logps,
+                "compile_policy": compile_policy,
                 "disable_dropout": disable_dropout,
                 "export_dir": export_dir,
                 "export_merged": export_merged,
@@ -93,6 +99,8 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         self.optimizer_settings = optimizer or OptimizerSettings()
         self.logps_chunk_size = logps_chunk_size
         self.cache_reference_logps = cache_reference_logps
+        self.compile_policy = compile_policy
+        self._compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (decoder, its compiled form)
         self.reference_cache: ReferenceCache | None = None  # set when fit starts, or from a checkpoint
         self.disable_dropout = disable_dropout
         self.export_dir, self.export_merged = export_dir, export_merged
@@ -138,6 +146,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             optimizer=OptimizerSettings(**hparams["optimizer"]),
             logps_chunk_size=hparams["logps_chunk_size"],
             cache_reference_logps=hparams.get("cache_reference_logps", True),
+            compile_policy=hparams.get("compile_policy", False),
             disable_dropout=hparams["disable_dropout"],
             export_dir=hparams.get("export_dir"),
             export_merged=hparams.get("export_merged", True),
@@ -192,7 +201,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         # mask changes nothing the loss reads. Without it the model builds no mask, takes
         # the fused causal attention kernel, and skips transformers' host-side check of
         # the mask (`mask.all()`, a device sync at every forward).
-        hidden = hf_model.get_decoder()(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        hidden = self._decoder(model, hf_model)(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
         index = batch.get("logp_index")
         if index is None:
             index = completion_index(batch["completion_mask"])
@@ -213,6 +222,16 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             logit_softcap=softcap,
         )
         return SequenceLogps(token_logps, mask)
+
+    def _decoder(self, model: torch.nn.Module, hf_model) -> torch.nn.Module:
+        """The transformer under the head; compiled for the policy with ``compile_policy`` (the
+        reference runs once per example when cached, where compiling would not pay)."""
+        decoder = hf_model.get_decoder()
+        if not self.compile_policy or model is not self.policy:
+            return decoder
+        if self._compiled is None or self._compiled[0] is not decoder:
+            self._compiled = (decoder, torch.compile(decoder, dynamic=True))
+        return self._compiled[1]
 
     # -- the loop -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:

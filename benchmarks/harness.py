@@ -1,0 +1,310 @@
+"""What the speed benchmarks share: the model, the synthetic data, the timing, the memory
+reading, the matrix-product peak and the alternating runner.
+
+Fairness rules every comparison here keeps (and prints):
+
+- one model: a Llama-shaped causal LM built from a ``LlamaConfig`` with a fixed seed and
+  saved once; both trainers load the same files;
+- one data set: synthetic text written once as JSONL. The tokenizer is byte-level (one
+  token per ASCII character), so a row's token count is its character count plus EOS in
+  either trainer; each run reports the real (non-padding) tokens it trained on and the
+  runner refuses a comparison in which they differ;
+- one process per run, so peak memory (the process's peak resident set, ``ru_maxrss``)
+  is that run's alone; runs alternate A B A B ..., so a change in machine load hits both;
+- throughput is measured between the end of the last warm-up step and the end of the
+  last step (optimizer step, data loading and logging included), from callbacks in each
+  trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shlex
+import statistics
+import string
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_PREFIX = "BENCHMARK_RESULT "
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+@dataclass
+class ModelShape:
+    """A 34M-parameter Llama: 8 layers of width 512 and an 8192-entry output head.
+
+    The byte-level tokenizer uses 262 ids; the embedding and head have ``vocab_size``
+    rows all the same (a padded vocabulary, as Qwen and Llama 3 pad theirs), so the
+    output head costs what a real 8k-vocabulary head costs.
+    """
+
+    hidden_size: int = 512
+    num_layers: int = 8
+    num_heads: int = 8
+    intermediate_size: int = 1376
+    vocab_size: int = 8192
+    seed: int = 0
+
+
+def build_model(directory: Path, shape: ModelShape) -> dict:
+    """Write the model and its tokenizer to ``directory``; returns parameter counts."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lightning_rlhf.models.tiny import build_byte_tokenizer
+
+    tokenizer = build_byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(shape.seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    return {"parameters": total, "matmul_parameters": total - embedding}
+
+
+# -- the data -----------------------------------------------------------------------------
+
+_WORDS = None
+
+
+def _text(rng: random.Random, length: int) -> str:
+    """``length`` printable ASCII characters (so ``length`` byte tokens), word-like."""
+    global _WORDS
+    if _WORDS is None:
+        letters = random.Random(1234)
+        _WORDS = ["".join(letters.choices(string.ascii_lowercase, k=letters.randint(2, 9))) for _ in range(2000)]
+    out = ""
+    while len(out) < length:
+        out += " " + rng.choice(_WORDS)
+    return out[:length]
+
+
+def preference_rows(n: int, prompt_lengths: tuple[int, int], completion_lengths: tuple[int, int], seed: int) -> list[dict]:
+    """``n`` prompt/chosen/rejected rows with lengths drawn uniformly from the ranges."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = _text(rng, rng.randint(*prompt_lengths))
+        chosen = _text(rng, rng.randint(*completion_lengths))
+        rejected = chosen
+        while rejected == chosen:
+            rejected = _text(rng, rng.randint(*completion_lengths))
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def sft_rows(n: int, prompt_lengths: tuple[int, int], completion_lengths: tuple[int, int], seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {"prompt": _text(rng, rng.randint(*prompt_lengths)), "completion": _text(rng, rng.randint(*completion_lengths))}
+        for _ in range(n)
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def matmul_peak(n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+    """Best GFLOP/s of an ``n x n`` matrix product in bf16 and in fp32 on this machine, with
+    the threads torch uses here: the peak that model FLOPs utilisation is measured against."""
+    import torch
+
+    out = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        best, stop = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+        out[name] = round(best, 1)
+    return out
+
+
+@dataclass
+class StepLog:
+    """Wall-clock time at the end of every optimizer step, and the tokens of each step's batch."""
+
+    ends: list[float] = field(default_factory=list)
+    cpu_ends: list[float] = field(default_factory=list)  # process CPU time, all threads
+    real_tokens: list[int] = field(default_factory=list)
+    padded_tokens: list[int] = field(default_factory=list)
+
+    def end_step(self) -> None:
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
+
+    def record_batch(self, attention_mask) -> None:
+        self.real_tokens.append(int(attention_mask.sum()))
+        self.padded_tokens.append(int(attention_mask.numel()))
+
+    def summary(self, warmup: int, pairs_per_step: int) -> dict:
+        steps = len(self.ends)
+        if steps <= warmup:
+            raise RuntimeError(f"{steps} steps ran, but {warmup} are warm-up")
+        first = warmup - 1 if warmup else 0
+        seconds = self.ends[-1] - self.ends[first]
+        cpu_seconds = self.cpu_ends[-1] - self.cpu_ends[first]
+        measured = steps - 1 - first
+        real = sum(self.real_tokens[steps - measured : steps])
+        padded = sum(self.padded_tokens[steps - measured : steps])
+        step_times = [b - a for a, b in zip(self.ends[steps - measured - 1 : -1], self.ends[steps - measured :])]
+        return {
+            "steps": steps,
+            "measured_steps": measured,
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(measured * pairs_per_step / seconds, 3),
+            # less sensitive to other jobs on the machine than wall time (not immune: they share caches)
+            "rows_per_cpu_second": round(measured * pairs_per_step / cpu_seconds, 3),
+            "real_tokens_per_second": round(real / seconds, 1),
+            "padding_fraction": round(1 - real / padded, 4) if padded else 0.0,
+            "median_step_seconds": round(statistics.median(step_times), 3),
+            "all_real_tokens": sum(self.real_tokens),
+        }
+
+
+def emit(result: dict) -> None:
+    """A worker's last words: its result as one JSON line the runner picks out."""
+    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def worker_command(script: Path, name: str, spec_path: Path) -> list[str]:
+    return [sys.executable, str(script), "--worker", name, "--spec", str(spec_path)]
+
+
+def run_worker(command: list[str], env: dict | None = None, timeout: float = 900) -> dict:
+    """Run one worker process; its result line, or an error naming the command."""
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO, timeout=timeout
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    tail = (proc.stdout[-3000:] + "\n" + proc.stderr[-6000:]).strip()
+    raise RuntimeError(f"worker failed (exit {proc.returncode}): {shlex.join(command)}\n{tail}")
+
+
+def alternate(commands: dict[str, list[str]], repeats: int, env: dict | None = None, log=print) -> dict[str, list[dict]]:
+    """Run each command ``repeats`` times, interleaved A B A B ..., with the load average
+    before each run."""
+    results: dict[str, list[dict]] = {name: [] for name in commands}
+    for repeat in range(repeats):
+        for name, command in commands.items():
+            before = load_average()
+            result = run_worker(command, env)
+            result["load_before"] = before
+            results[name].append(result)
+            log(
+                f"  [{repeat + 1}/{repeats}] {name:>6}: {result['rows_per_second']:8.3f} rows/s  "
+                f"peak {result['peak_rss_mib']:7.1f} MiB  (load {before})"
+            )
+    return results
+
+
+def spread(values: list[float]) -> str:
+    """median [min, max]"""
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def comparison_table(results: dict[str, list[dict]], ours: str, theirs: str, unit: str) -> str:
+    """A Markdown table: median and range of each measure, and the ratio of medians."""
+
+    def med(name, key):
+        return statistics.median(r[key] for r in results[name])
+
+    rows = [
+        (f"{unit} per second", "rows_per_second", "{:.3f}"),
+        (f"{unit} per CPU-second (all threads)", "rows_per_cpu_second", "{:.3f}"),
+        ("real tokens per second", "real_tokens_per_second", "{:.0f}"),
+        ("padding share of computed tokens", "padding_fraction", "{:.3f}"),
+        ("median step seconds", "median_step_seconds", "{:.3f}"),
+        ("peak RSS, MiB", "peak_rss_mib", "{:.0f}"),
+        ("model FLOPs utilisation", "mfu", "{:.3f}"),
+    ]
+    lines = [f"| measure | {ours} | {theirs} | {ours} / {theirs} |", "|---|---|---|---|"]
+    for label, key, fmt in rows:
+        if not all(key in r for r in results[ours] + results[theirs]):
+            continue
+        a, b = med(ours, key), med(theirs, key)
+        span_a = f"{fmt.format(a)} ({fmt.format(min(r[key] for r in results[ours]))}-{fmt.format(max(r[key] for r in results[ours]))})"
+        span_b = f"{fmt.format(b)} ({fmt.format(min(r[key] for r in results[theirs]))}-{fmt.format(max(r[key] for r in results[theirs]))})"
+        ratio = f"{a / b:.2f}x" if b else "-"
+        lines.append(f"| {label} | {span_a} | {span_b} | {ratio} |")
+    return "\n".join(lines)
+
+
+def spec_dict(obj) -> dict:
+    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else dict(obj)
+
+
+def machine() -> str:
+    """CPU model, cores torch uses, and the library versions that matter here."""
+    import platform
+
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = ", AVX-512 BF16" if "avx512_bf16" in info else ""
+    except OSError:
+        pass
+    versions = []
+    for name in ("torch", "transformers", "lightning", "trl"):
+        try:
+            module = __import__(name)
+            versions.append(f"{name} {module.__version__}")
+        except ImportError:
+            pass
+    return f"{cpu}{flags}, {torch.get_num_threads()} threads, {platform.python_implementation()} {platform.python_version()}, " + ", ".join(versions)
