@@ -244,9 +244,9 @@ def alternate(commands: dict[str, list[str]], repeats: int, env: dict | None = N
     return results
 
 
-def spread(values: list[float]) -> str:
-    """median [min, max]"""
-    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+def spread(values: list[float], digits: int = 1) -> str:
+    """median (min-max)"""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def comparison_table(results: dict[str, list[dict]], ours: str, theirs: str, unit: str) -> str:
@@ -274,10 +274,6 @@ def comparison_table(results: dict[str, list[dict]], ours: str, theirs: str, uni
         ratio = f"{a / b:.2f}x" if b else "-"
         lines.append(f"| {label} | {span_a} | {span_b} | {ratio} |")
     return "\n".join(lines)
-
-
-def spec_dict(obj) -> dict:
-    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else dict(obj)
 
 
 def machine() -> str:
@@ -308,3 +304,153 @@ def machine() -> str:
         except ImportError:
             pass
     return f"{cpu}{flags}, {torch.get_num_threads()} threads, {platform.python_implementation()} {platform.python_version()}, " + ", ".join(versions)
+
+
+# -- what the comparison scripts share ---------------------------------------------------
+
+
+def common_arguments(parser, workers: dict, unit: str, batch_size: int, out: str) -> None:
+    """The arguments every ours-against-TRL script takes."""
+    import argparse
+
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"{unit} per step")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run; the data is steps x batch rows, one epoch")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing (compilation included)")
+    parser.add_argument("--prompt-lengths", type=int, nargs=2, default=[8, 96], metavar=("MIN", "MAX"))
+    parser.add_argument("--completion-lengths", type=int, nargs=2, default=[8, 96], metavar=("MIN", "MAX"))
+    parser.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32-true", "bf16-true"],
+                        help="bf16-true (bf16 weights) runs ours only: TRL would train another model dtype")
+    parser.add_argument("--group-by-length", default="ours", choices=["ours", "both", "none"],
+                        help="which side batches rows of similar length (ours: group_by_length; TRL: "
+                             "train_sampling_strategy=group_by_length on a length column)")
+    parser.add_argument("--compile", default="ours", choices=["ours", "both", "none"],
+                        help="which side compiles its model (ours: compile_policy; TRL: torch_compile)")
+    parser.add_argument("--attention", default="eager", choices=["eager", "sdpa"],
+                        help="the model's attention implementation, both sides (eager: matrix products and a softmax, "
+                             "which compilation fuses; sdpa: PyTorch's fused kernel)")
+    parser.add_argument("--learning-rate", type=float, default=1e-6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sides", nargs="+", default=list(workers), choices=list(workers))
+    parser.add_argument("--ours-module", default="{}", help="JSON: extra PolicyModule arguments")
+    parser.add_argument("--ours-data", default="{}", help="JSON: extra data module arguments")
+    parser.add_argument("--ours-optimizer", default="{}", help="JSON: extra OptimizerSettings arguments")
+    parser.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+
+
+def base_spec(args, work: Path) -> dict:
+    ours_module = {"compile_policy": args.compile in ("ours", "both"), **json.loads(args.ours_module)}
+    ours_data = {"group_by_length": args.group_by_length in ("ours", "both"), **json.loads(args.ours_data)}
+    return {
+        "model_dir": str(work / "model"), "data_path": str(work / "data.jsonl"), "work_dir": str(work),
+        "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
+        "attention": args.attention, "learning_rate": args.learning_rate, "seed": args.seed,
+        "max_length": max(args.prompt_lengths) + max(args.completion_lengths) + 1,
+        "max_prompt_length": max(args.prompt_lengths),
+        "ours_module": ours_module, "ours_data": ours_data, "ours_optimizer": json.loads(args.ours_optimizer),
+        "trl_group_by_length": args.group_by_length == "both", "trl_compile": args.compile == "both",
+    }
+
+
+def lightning_fit(spec: dict, module, data, log: StepLog) -> dict:
+    """Train ``module`` on ``data`` for the spec's steps on the CPU, timing each step."""
+    import lightning as L
+
+    class Timer(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            log.end_step()
+            log.record_batch(batch["attention_mask"])
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=spec["steps"], max_epochs=-1, precision=spec["precision"],
+        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Timer()],
+    )
+    trainer.fit(module, datamodule=data)
+    return log.summary(spec["warmup"], spec["batch_size"])
+
+
+def trl_options(spec: dict, rows: list[dict], length) -> dict:
+    """TRL config arguments every comparison shares; ``length(row)`` feeds the length
+    column when TRL groups by length."""
+    options = {
+        "output_dir": str(Path(spec["work_dir"]) / "trl"), "use_cpu": True, "seed": spec["seed"],
+        "per_device_train_batch_size": spec["batch_size"], "max_steps": spec["steps"],
+        "learning_rate": spec["learning_rate"], "lr_scheduler_type": "constant", "warmup_steps": 0,
+        "optim": "adamw_torch_fused", "max_grad_norm": 1.0, "bf16": spec["precision"] == "bf16-mixed",
+        "gradient_checkpointing": False, "padding_free": False, "max_length": spec["max_length"],
+        "dataloader_num_workers": 0, "report_to": "none", "save_strategy": "no", "logging_steps": 10,
+        "disable_tqdm": True, "torch_compile": spec["trl_compile"],
+    }
+    if spec["trl_group_by_length"]:  # the Trainer's LengthGroupedSampler, on a length column
+        for row in rows:
+            row["length"] = length(row)
+        # the column must survive the Trainer's column pruning; the collators ignore it
+        options.update(train_sampling_strategy="group_by_length", length_column_name="length", remove_unused_columns=False)
+    return options
+
+
+def trl_train(trainer, log: StepLog, spec: dict) -> dict:
+    """Time a TRL trainer's steps and record its batches' tokens."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            log.end_step()
+
+    collate = trainer.data_collator
+
+    def recording_collator(examples):
+        batch = collate(examples)
+        log.record_batch(batch["attention_mask"])
+        return batch
+
+    trainer.data_collator = recording_collator
+    trainer.add_callback(Timer())
+    trainer.train()
+    return log.summary(spec["warmup"], spec["batch_size"])
+
+
+def run_comparison(args, script: Path, rows: list[dict], unit: str, spec: dict, flops_note: str = "") -> dict:
+    """Build the model, write the data and spec, alternate the sides, print and save the results."""
+    import shlex as _shlex
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(spec["work_dir"])
+    shape = ModelShape()
+    print(f"load average before: {load_average()}")
+    peak = matmul_peak()
+    print(f"matrix-product peak on this machine: bf16 {peak['bf16']} GFLOP/s, fp32 {peak['fp32']} GFLOP/s")
+    counts = build_model(work / "model", shape)
+    write_jsonl(work / "data.jsonl", rows)
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    print(f"model: {counts['parameters'] / 1e6:.1f}M parameters ({asdict(shape)}); {len(rows)} {unit}, prompt "
+          f"{args.prompt_lengths} and completion {args.completion_lengths} characters (= byte tokens)")
+    commands = {side: worker_command(script, side, spec_path) for side in args.sides}
+    results = alternate(commands, args.repeats)
+
+    flops_peak = peak["bf16" if args.precision.startswith("bf16") else "fp32"] * 1e9
+    for runs in results.values():
+        for r in runs:
+            r["mfu"] = round(6 * counts["matmul_parameters"] * r["real_tokens_per_second"] / flops_peak, 4)
+    if len(args.sides) == 2 and len({r["all_real_tokens"] for runs in results.values() for r in runs}) != 1:
+        raise SystemExit("the two sides trained on different tokens: not a comparison")
+    table = comparison_table(results, *args.sides, unit=unit) if len(args.sides) == 2 else ""
+    print()
+    print(table)
+    print()
+    print(f"machine: {machine()}; load average after: {load_average()}")
+    print(f"MFU = 6 x {counts['matmul_parameters'] / 1e6:.1f}M matmul parameters (all but the input embedding) x real "
+          f"tokens/s / the {'bf16' if args.precision.startswith('bf16') else 'fp32'} matmul peak {flops_peak / 1e9:.1f} GFLOP/s{flops_note}")
+    print(f"benchmark: {_shlex.join(['python', *sys.argv])}")
+    for side, command in commands.items():
+        print(f"{side}: {_shlex.join(command)}")
+    summary = {"spec": spec, "shape": asdict(shape), "parameters": counts, "matmul_peak_gflops": peak,
+               "machine": machine(), "results": results, "table": table, "command": ["python", *sys.argv]}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out / 'results.json'}")
+    return summary
