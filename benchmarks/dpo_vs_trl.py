@@ -6,7 +6,9 @@ batch size, sequence lengths, precision (bf16 autocast), attention implementatio
 (sigmoid DPO, the same beta), optimizer (fused AdamW, the same learning rate, betas and
 eps, constant schedule, gradient-norm clipping at 1.0), dropout off, gradient
 checkpointing off, padding-free off in both (TRL's is unavailable since its DPO
-refactor; ours packs nothing). The reference model is in both: by default its
+refactor; ours packs nothing, but by default runs each pair as one row with the prompt
+once, ``PreferenceDataModule.share_prompt``: the same log-probs for fewer tokens;
+``--no-share-prompt`` turns it off). The reference model is in both: by default its
 log-probabilities are precomputed once per example in both (TRL
 ``precompute_ref_log_probs=True``; ours ``PolicyModule.cache_reference_logps``), and
 throughput is measured over training steps after the warm-up; ``--reference inline``
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--reference", default="precompute", choices=["precompute", "inline"],
                         help="reference log-probs precomputed once per example in both, or a reference forward every step in both")
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--no-share-prompt", action="store_true",
+                        help="ours runs chosen and rejected as two rows (the usual layout) instead of one row per pair")
     args = parser.parse_args()
     if args.worker:
         harness.emit(WORKERS[args.worker](json.loads(Path(args.spec).read_text())))
@@ -107,6 +111,7 @@ def main() -> None:
     )
     spec = harness.base_spec(args, work)
     spec.update(reference=args.reference, beta=args.beta)
+    spec["ours_data"].setdefault("share_prompt", not args.no_share_prompt)
     if args.reference == "inline":
         spec["ours_module"].setdefault("cache_reference_logps", False)
     note = "; the reference's forward is not counted" + (" (precomputed in both)" if args.reference == "precompute" else "")

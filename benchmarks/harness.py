@@ -166,16 +166,25 @@ class StepLog:
 
     ends: list[float] = field(default_factory=list)
     cpu_ends: list[float] = field(default_factory=list)  # process CPU time, all threads
-    real_tokens: list[int] = field(default_factory=list)
-    padded_tokens: list[int] = field(default_factory=list)
+    data_tokens: list[int] = field(default_factory=list)  # the usual layout's real tokens: the data trained on
+    real_tokens: list[int] = field(default_factory=list)  # non-padding tokens the model computed
+    padded_tokens: list[int] = field(default_factory=list)  # all tokens the model computed
 
     def end_step(self) -> None:
         self.ends.append(time.perf_counter())
         self.cpu_ends.append(time.process_time())
 
-    def record_batch(self, attention_mask) -> None:
-        self.real_tokens.append(int(attention_mask.sum()))
-        self.padded_tokens.append(int(attention_mask.numel()))
+    def record_batch(self, batch: dict) -> None:
+        """``batch``: the usual layout (``attention_mask``), and the one-row-per-pair layout
+        the model runs instead when present (``shared_prompt_segments``, padding -1)."""
+        self.data_tokens.append(int(batch["attention_mask"].sum()))
+        computed = batch.get("shared_prompt_segments")
+        if computed is None:
+            self.real_tokens.append(self.data_tokens[-1])
+            self.padded_tokens.append(int(batch["attention_mask"].numel()))
+        else:
+            self.real_tokens.append(int((computed >= 0).sum()))
+            self.padded_tokens.append(int(computed.numel()))
 
     def summary(self, warmup: int, pairs_per_step: int) -> dict:
         steps = len(self.ends)
@@ -185,6 +194,7 @@ class StepLog:
         seconds = self.ends[-1] - self.ends[first]
         cpu_seconds = self.cpu_ends[-1] - self.cpu_ends[first]
         measured = steps - 1 - first
+        data = sum(self.data_tokens[steps - measured : steps])
         real = sum(self.real_tokens[steps - measured : steps])
         padded = sum(self.padded_tokens[steps - measured : steps])
         step_times = [b - a for a, b in zip(self.ends[steps - measured - 1 : -1], self.ends[steps - measured :])]
@@ -195,10 +205,11 @@ class StepLog:
             "rows_per_second": round(measured * pairs_per_step / seconds, 3),
             # less sensitive to other jobs on the machine than wall time (not immune: they share caches)
             "rows_per_cpu_second": round(measured * pairs_per_step / cpu_seconds, 3),
+            "data_tokens_per_second": round(data / seconds, 1),
             "real_tokens_per_second": round(real / seconds, 1),
             "padding_fraction": round(1 - real / padded, 4) if padded else 0.0,
             "median_step_seconds": round(statistics.median(step_times), 3),
-            "all_real_tokens": sum(self.real_tokens),
+            "all_data_tokens": sum(self.data_tokens),
         }
 
 
@@ -258,7 +269,8 @@ def comparison_table(results: dict[str, list[dict]], ours: str, theirs: str, uni
     rows = [
         (f"{unit} per second", "rows_per_second", "{:.3f}"),
         (f"{unit} per CPU-second (all threads)", "rows_per_cpu_second", "{:.3f}"),
-        ("real tokens per second", "real_tokens_per_second", "{:.0f}"),
+        ("data tokens per second (prompt counted per sequence)", "data_tokens_per_second", "{:.0f}"),
+        ("computed non-padding tokens per second", "real_tokens_per_second", "{:.0f}"),
         ("padding share of computed tokens", "padding_fraction", "{:.3f}"),
         ("median step seconds", "median_step_seconds", "{:.3f}"),
         ("peak RSS, MiB", "peak_rss_mib", "{:.0f}"),
@@ -361,7 +373,7 @@ def lightning_fit(spec: dict, module, data, log: StepLog) -> dict:
     class Timer(L.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             log.end_step()
-            log.record_batch(batch["attention_mask"])
+            log.record_batch(batch)
 
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=spec["steps"], max_epochs=-1, precision=spec["precision"],
@@ -404,7 +416,7 @@ def trl_train(trainer, log: StepLog, spec: dict) -> dict:
 
     def recording_collator(examples):
         batch = collate(examples)
-        log.record_batch(batch["attention_mask"])
+        log.record_batch(batch)
         return batch
 
     trainer.data_collator = recording_collator
@@ -437,15 +449,15 @@ def run_comparison(args, script: Path, rows: list[dict], unit: str, spec: dict, 
     for runs in results.values():
         for r in runs:
             r["mfu"] = round(6 * counts["matmul_parameters"] * r["real_tokens_per_second"] / flops_peak, 4)
-    if len(args.sides) == 2 and len({r["all_real_tokens"] for runs in results.values() for r in runs}) != 1:
+    if len(args.sides) == 2 and len({r["all_data_tokens"] for runs in results.values() for r in runs}) != 1:
         raise SystemExit("the two sides trained on different tokens: not a comparison")
     table = comparison_table(results, *args.sides, unit=unit) if len(args.sides) == 2 else ""
     print()
     print(table)
     print()
     print(f"machine: {machine()}; load average after: {load_average()}")
-    print(f"MFU = 6 x {counts['matmul_parameters'] / 1e6:.1f}M matmul parameters (all but the input embedding) x real "
-          f"tokens/s / the {'bf16' if args.precision.startswith('bf16') else 'fp32'} matmul peak {flops_peak / 1e9:.1f} GFLOP/s{flops_note}")
+    print(f"MFU = 6 x {counts['matmul_parameters'] / 1e6:.1f}M matmul parameters (all but the input embedding) x computed "
+          f"non-padding tokens/s / the {'bf16' if args.precision.startswith('bf16') else 'fp32'} matmul peak {flops_peak / 1e9:.1f} GFLOP/s{flops_note}")
     print(f"benchmark: {_shlex.join(['python', *sys.argv])}")
     for side, command in commands.items():
         print(f"{side}: {_shlex.join(command)}")

@@ -34,17 +34,26 @@ def selective_logps(
     lm_head: Callable[[Tensor], Tensor],
     chunk_size: int = 1024,
     logit_softcap: float | None = None,
+    hidden_index: Tensor | None = None,
 ) -> Tensor:
     """Per-token log-probabilities of the targets at the positions in ``index``.
 
     ``hidden`` is the final hidden state ``[N, T, H]``; ``index`` as from
     :func:`completion_index`. The head is applied to ``chunk_size`` positions at a time
     in float32, and under autograd each chunk is recomputed in the backward pass, so no
-    ``[positions, vocab]`` tensor outlives its chunk. Returns ``[N, T-1]``, zero outside
-    ``index``.
+    ``[positions, vocab]`` tensor outlives its chunk. Returns ``[N, T-1]`` (the shape of
+    ``input_ids`` less one column), zero outside ``index``.
+
+    ``hidden_index``: where the hidden states come from another layout than
+    ``input_ids`` (``data.shared_prompt``), the flat index into ``hidden``'s rows and
+    positions of the state that predicts each target of ``index``, in its order.
     """
-    n, t, h = hidden.shape
-    flat_hidden = hidden[:, :-1].reshape(-1, h).index_select(0, index)
+    n, t = input_ids.shape
+    h = hidden.shape[-1]
+    if hidden_index is None:
+        flat_hidden = hidden[:, :-1].reshape(-1, h).index_select(0, index)
+    else:
+        flat_hidden = hidden.reshape(-1, h).index_select(0, hidden_index)
     flat_targets = input_ids[:, 1:].reshape(-1).index_select(0, index)
     pieces = []
     for start in range(0, flat_hidden.shape[0], chunk_size):

@@ -84,3 +84,17 @@ def test_the_counter_sees_a_sync():
         torch.ones(3).sum().item()
         torch.arange(4)[torch.tensor([True, False, True, False])]
     assert len(counter.ours()) == 2 and all("test_step_sync.py:test_the_counter_sees_a_sync" in s for s in counter.syncs)
+
+
+def test_shared_prompt_layout_does_not_sync_at_all():
+    """With a 4D mask transformers uses it as given: not even the packed-sequence check."""
+    from lightning_rlhf.data.collate import PreferenceCollator
+    from lightning_rlhf.registry import create_algorithm
+
+    module = make_policy_module(create_algorithm("dpo"))
+    rows = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12]},
+            {"prompt_ids": [14], "chosen_ids": [15, 16, 17], "rejected_ids": [20]}]
+    batch = PreferenceCollator(0, share_prompt=True)(rows)
+    with SyncCounter() as counter:
+        module.algorithm.loss(module, batch).loss.backward()
+    assert counter.syncs == []

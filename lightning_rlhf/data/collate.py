@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_rlhf.data.shared_prompt import shared_prompt_layout
 from lightning_rlhf.ops import completion_index
 
 
@@ -45,15 +46,22 @@ class SFTCollator:
 
 
 class PreferenceCollator:
-    """Chosen rows first, then rejected rows, in one tensor: one forward pass for both."""
+    """Chosen rows first, then rejected rows, in one tensor: one forward pass for both.
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1):
+    With ``share_prompt`` the batch also holds each pair as one row, the prompt once
+    (``data.shared_prompt``), which the module then runs instead.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1, share_prompt: bool = False):
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+        self.share_prompt = share_prompt
 
     def __call__(self, rows: list[dict]) -> dict[str, Tensor]:
         sequences = [(r["prompt_ids"], r["chosen_ids"]) for r in rows]
         sequences += [(r["prompt_ids"], r["rejected_ids"]) for r in rows]
         batch = pad_sequences(sequences, self.pad_token_id, self.pad_to_multiple_of)
+        if self.share_prompt:
+            batch.update(shared_prompt_layout(rows, self.pad_token_id, self.pad_to_multiple_of))
         margins = [r.get("margin") for r in rows]
         if any(m is not None for m in margins):
             batch["margin"] = torch.tensor([0.0 if m is None else m for m in margins])

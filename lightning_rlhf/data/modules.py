@@ -92,6 +92,10 @@ class TextDataModule(L.LightningDataModule):
     def collator(self):
         raise NotImplementedError
 
+    def row_length(self, row: dict) -> int:
+        """The width a row takes in a batch, for ``group_by_length``."""
+        return example_length(row)
+
     # -- the machinery ----------------------------------------------------------------
     def _resolve_tokenizer(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is not None:
@@ -161,7 +165,7 @@ class TextDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             # batches of one optimiser step are counted together, for token-averaged losses
             accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
-            lengths=[example_length(row) for row in self.train_rows] if self.group_by_length else None,
+            lengths=[self.row_length(row) for row in self.train_rows] if self.group_by_length else None,
             collate_fn=CachedReferenceCollator(self.collator(), self),
             num_workers=self.num_workers,
         )
@@ -169,7 +173,7 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_rows:
             return []
-        rows = sorted(self.val_rows, key=example_length) if self.group_by_length else self.val_rows
+        rows = sorted(self.val_rows, key=self.row_length) if self.group_by_length else self.val_rows
         collate = CachedReferenceCollator(self.collator(), self)
         return DataLoader(rows, batch_size=self.val_batch_size, collate_fn=collate, num_workers=self.num_workers)
 
@@ -207,6 +211,21 @@ class PreferenceDataModule(TextDataModule):
 
     data_kind = "preference"
 
+    def __init__(self, *args, share_prompt: bool = False, **kwargs):
+        """
+        Args:
+            share_prompt: run each pair as one row, the prompt once and the rejected
+                completion unable to see the chosen one (``data.shared_prompt``): the same
+                log-probs for fewer tokens and no padding between chosen and rejected
+        """
+        super().__init__(*args, **kwargs)
+        self.share_prompt = share_prompt
+
+    def row_length(self, row: dict) -> int:
+        if self.share_prompt:
+            return len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+        return example_length(row)
+
     def parse(self, checker: RowChecker):
         return parse_preference(checker)
 
@@ -237,4 +256,4 @@ class PreferenceDataModule(TextDataModule):
         return row
 
     def collator(self):
-        return PreferenceCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        return PreferenceCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of, self.share_prompt)

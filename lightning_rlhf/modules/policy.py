@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, SequenceLogps, algorithm_spec, check_data_kind
+from lightning_rlhf.data import shared_prompt
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
 from lightning_rlhf.models.critic import CriticSettings
@@ -196,12 +197,17 @@ class PolicyModule(OnlineMixin, L.LightningModule):
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
         hf_model = unwrap(model)
-        # Every batch here is right-padded (data.collate), so causal attention never lets a
-        # real token see the padding after it, and positions count from 0 either way: the
-        # mask changes nothing the loss reads. Without it the model builds no mask, takes
-        # the fused causal attention kernel, and skips transformers' host-side check of
-        # the mask (`mask.all()`, a device sync at every forward).
-        hidden = self._decoder(model, hf_model)(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        decoder = self._decoder(model, hf_model)
+        shared = shared_prompt.model_inputs(hf_model, batch) if temperature == 1.0 and not entropy else None
+        if shared is not None:  # each pair in one row, the prompt once (data.shared_prompt)
+            hidden = decoder(**shared, use_cache=False).last_hidden_state
+        else:
+            # Every batch here is right-padded (data.collate), so causal attention never lets a
+            # real token see the padding after it, and positions count from 0 either way: the
+            # mask changes nothing the loss reads. Without it the model builds no mask, takes
+            # the fused causal attention kernel, and skips transformers' host-side check of
+            # the mask (`mask.all()`, a device sync at every forward).
+            hidden = decoder(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
         index = batch.get("logp_index")
         if index is None:
             index = completion_index(batch["completion_mask"])
@@ -220,6 +226,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             hf_model.get_output_embeddings(),
             chunk_size=self.logps_chunk_size,
             logit_softcap=softcap,
+            hidden_index=batch[shared_prompt.PREFIX + "index"] if shared is not None else None,
         )
         return SequenceLogps(token_logps, mask)
 
