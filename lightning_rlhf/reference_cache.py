@@ -242,13 +242,16 @@ def attach_to_fit(module) -> ReferenceCache | None:
         log.info("reference log-probs are computed at every step under %s (the cache needs whole weights)", strategy)
         return None
     val_rows = list(getattr(datamodule, "val_rows", None) or [])
+    if module.reference_model is None and not module.uses_adapter_reference:
+        module.reference_model = module._reload_reference()  # released by an earlier fit: the policy has moved
     reference = module.reference_model if module.reference_model is not None else unwrap(module.policy)
     key = cache_key(model_fingerprint(reference), data_fingerprint(train_rows, val_rows), str(trainer.precision))
     key = trainer.strategy.broadcast(key)  # every rank uses rank 0's key
     cache, source = module.reference_cache, "the checkpoint"
     if cache is None or cache.key != key:
         cache, source = load_from_disk(key), f"disk ({disk_path(key)})"
-    if cache is None:
+    # Computing is collective (each rank a share): every rank must agree to skip it.
+    if not trainer.strategy.reduce_boolean_decision(cache is not None, all=True):
         with trainer.precision_plugin.forward_context():
             cache = compute_cache(
                 key, train_rows + val_rows, datamodule.collator(), lambda batch: module.reference_logps(batch).token_logps,

@@ -129,3 +129,17 @@ def test_lookup_misses_rows_it_has_not_seen(tiny_tokenizer):
     assert torch.equal(restored.lookup(batch), out)
     other = make_batch("preference", tiny_tokenizer, [dict(SAMPLE_ROWS["preference"][0], chosen=" It was fine.")])
     assert cache.lookup(other) is None
+
+
+def test_a_second_fit_of_the_same_module_fingerprints_the_reference_not_the_trained_policy(tmp_path):
+    rows = _rows("twice")
+    module, _, trainer = _fit(tmp_path, rows, epochs=1)
+    assert module.reference_model is None  # released
+    key, values = module.reference_cache.key, module.reference_cache.values.clone()
+    disk_path(key).unlink()  # make the second fit compute it again
+    module.reference_cache = None
+    data = PreferenceDataModule(path=str(tmp_path / "pairs.jsonl"), batch_size=2, max_length=64)
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path).fit(module, data)
+    assert module.reference_cache.key == key
+    torch.testing.assert_close(module.reference_cache.values, values)
