@@ -43,29 +43,10 @@ SCRIPT = Path(__file__).resolve()
 
 
 def run_ours(spec: dict) -> dict:
-    import torch
-
     from lightning_rlhf.data import PreferenceDataModule
-    from lightning_rlhf.models.config import ModelSettings
-    from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.modules.policy import PolicyModule
     from lightning_rlhf.registry import create_algorithm
 
-    start = time.perf_counter()
-    torch.manual_seed(spec["seed"])
-    module = PolicyModule(
-        policy=ModelSettings(name_or_path=spec["model_dir"], attn_implementation=spec["attention"]),
-        algorithm=create_algorithm("dpo", beta=spec["beta"]),
-        optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", **spec["ours_optimizer"]),
-        **spec["ours_module"],
-    )
-    data = PreferenceDataModule(
-        path=spec["data_path"], batch_size=spec["batch_size"], max_length=spec["max_length"],
-        max_prompt_length=spec["max_prompt_length"], seed=spec["seed"], **spec["ours_data"],
-    )
-    result = harness.lightning_fit(spec, module, data, harness.StepLog())
-    result["total_seconds"] = round(time.perf_counter() - start, 2)
-    return result
+    return harness.run_lightning_rlhf(spec, create_algorithm("dpo", beta=spec["beta"]), PreferenceDataModule)
 
 
 def run_trl(spec: dict) -> dict:

@@ -366,6 +366,31 @@ def base_spec(args, work: Path) -> dict:
     }
 
 
+def run_lightning_rlhf(spec: dict, algorithm, data_class) -> dict:
+    """Our side of a comparison: ``algorithm`` trained by PolicyModule on ``data_class`` rows."""
+    import torch
+
+    from lightning_rlhf.models.config import ModelSettings
+    from lightning_rlhf.modules.optim import OptimizerSettings
+    from lightning_rlhf.modules.policy import PolicyModule
+
+    start = time.perf_counter()
+    torch.manual_seed(spec["seed"])
+    module = PolicyModule(
+        policy=ModelSettings(name_or_path=spec["model_dir"], attn_implementation=spec["attention"]),
+        algorithm=algorithm,
+        optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", **spec["ours_optimizer"]),
+        **spec["ours_module"],
+    )
+    data = data_class(
+        path=spec["data_path"], batch_size=spec["batch_size"], max_length=spec["max_length"],
+        max_prompt_length=spec["max_prompt_length"], seed=spec["seed"], **spec["ours_data"],
+    )
+    result = lightning_fit(spec, module, data, StepLog())
+    result["total_seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
 def lightning_fit(spec: dict, module, data, log: StepLog) -> dict:
     """Train ``module`` on ``data`` for the spec's steps on the CPU, timing each step."""
     import lightning as L
