@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning_rlhf import registry
 from lightning_rlhf.algorithm import Algorithm
 from lightning_rlhf.callbacks.divergence import DivergenceError
+from lightning_rlhf.cpu import warn_if_slow_bf16
 from lightning_rlhf.data.errors import DataError
 
 
@@ -93,6 +94,7 @@ class RLHFCLI(LightningCLI):
         # that lists one of these callbacks (or a ModelCheckpoint) configures it instead.
         from lightning_rlhf.callbacks import default_callbacks, default_plugins
 
+        warn_if_slow_bf16(config.get("precision"), config.get("accelerator"))
         listed = _as_list(config.get("callbacks")) + list(callbacks)
         callbacks = list(callbacks) + default_callbacks(listed, checkpointing=config.get("enable_checkpointing") is not False)
         plugins = _as_list(config.get("plugins"))
@@ -145,7 +147,9 @@ def one_line(error: BaseException) -> str:
         for key in re.findall(r'Parser key "([^"]+)"', str(error).split("\n", 1)[0]):
             if not keys or keys[-1] != key:
                 keys.append(key)
-        error = error.__cause__ or error.__context__
+        # ``raise ... from None`` cut the chain on purpose: what it hid (a parser's
+        # internal StopIteration, say) is not the user's problem.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     message = " ".join(str(chain[-1]).split())
     return f"{'.'.join(keys)}: {message}" if keys and len(chain) > 1 else message
 

@@ -1,9 +1,11 @@
 """``lightning-rlhf pipeline PIPELINE.yaml``: several stages, one command.
 
-A pipeline file names an output folder and a list of stages, each a one-key mapping
-``<kind>: {options}``; ``{output_dir}`` in any string is replaced by the folder::
+A pipeline file names an output folder, the seeds to repeat the seeded stages over, and a
+list of stages, each a one-key mapping ``<kind>: {options}``; ``{output_dir}`` in any string
+is replaced by the folder and ``{seed}`` by each seed in turn::
 
     output_dir: runs/toy-pipeline
+    seeds: [0, 1, 2]
     stages:
       - build: {model: builtin:toyworld}
       - toy-prompts: {train: 1000, heldout: 200}
@@ -22,6 +24,13 @@ Stage kinds:
 - ``evaluate``: ``lightning-rlhf evaluate`` with these options; its JSON report (the
   ``output`` option) gives the final before/after table.
 
+A stage whose options mention ``{seed}`` is *seeded*: each run of consecutive seeded stages
+is repeated once per seed (label, fit and evaluate again for seed 1, ...), the others run
+once (the SFT model is built once). When the last evaluate stage is seeded, the final
+table gives each figure as a mean with its 95% interval over the seeds, and
+``<output_dir>/evaluation.json`` holds those and every seed's report: one seed's figure
+moves with the sampling seed and the CPU's kernel path, the interval is what holds.
+
 Every stage is checked before the first one runs, so a typo fails in a second, not
 after ten minutes of training.
 """
@@ -36,16 +45,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from lightning_rlhf.cpu import cpu_capability
+from lightning_rlhf.stats import mean_interval
+
 
 class PipelineError(ValueError):
     pass
 
 
+SEED = "{seed}"
+
+
 @dataclass
 class Stage:
     kind: str
-    options: dict
+    options: dict  # "{seed}" left in place in a seeded stage: see for_seed()
     number: int
+
+    @property
+    def seeded(self) -> bool:
+        return SEED in json.dumps(self.options)
+
+    def for_seed(self, seed: int) -> Stage:
+        return Stage(self.kind, _substitute(self.options, SEED, str(seed)), self.number)
 
 
 @dataclass
@@ -53,6 +77,7 @@ class Pipeline:
     output_dir: Path
     stages: list[Stage]
     source: str
+    seeds: list[int]
 
 
 def option_argv(options: dict) -> list[str]:
@@ -164,26 +189,36 @@ STAGES: dict[str, tuple[Callable[[Stage], None], Callable[[Stage, Pipeline], str
 
 
 # -- reading and running -----------------------------------------------------------------
-def _substitute(value, output_dir: str):
+def _substitute(value, placeholder: str, text: str):
     if isinstance(value, str):
-        return value.replace("{output_dir}", output_dir)
+        return value.replace(placeholder, text)
     if isinstance(value, list):
-        return [_substitute(v, output_dir) for v in value]
+        return [_substitute(v, placeholder, text) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, output_dir) for k, v in value.items()}
+        return {k: _substitute(v, placeholder, text) for k, v in value.items()}
     return value
+
+
+def _parse_seeds(config: dict, source: str) -> list[int]:
+    seeds = config.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise PipelineError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise PipelineError(f"{source}: 'seeds' repeats a seed: {seeds}")
+    return seeds
 
 
 def parse_pipeline(config: dict, source: str = "<pipeline>") -> Pipeline:
     """A checked :class:`Pipeline` from the parsed YAML; every problem is a PipelineError."""
     if not isinstance(config, dict):
         raise PipelineError(f"{source}: expected a mapping with 'output_dir' and 'stages'")
-    unknown = set(config) - {"output_dir", "stages"}
+    unknown = set(config) - {"output_dir", "stages", "seeds"}
     if unknown:
-        raise PipelineError(f"{source}: unknown key(s) {sorted(unknown)}; expected 'output_dir' and 'stages'")
+        raise PipelineError(f"{source}: unknown key(s) {sorted(unknown)}; expected 'output_dir', 'stages' and 'seeds'")
     if "output_dir" not in config or "stages" not in config:
         raise PipelineError(f"{source}: needs 'output_dir' and 'stages'")
     output_dir = str(config["output_dir"])
+    seeds = _parse_seeds(config, source)
     raw_stages = config["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
         raise PipelineError(f"{source}: 'stages' must be a non-empty list")
@@ -197,19 +232,28 @@ def parse_pipeline(config: dict, source: str = "<pipeline>") -> Pipeline:
         options = {} if options is None else options
         if not isinstance(options, dict):
             raise PipelineError(f"{source}: stage {number} ({kind}): options must be a mapping, got {options!r}")
-        stage = Stage(kind, _substitute(options, output_dir), number)
-        STAGES[kind][0](stage)
+        stage = Stage(kind, _substitute(options, "{output_dir}", output_dir), number)
+        for seed in seeds if stage.seeded else [None]:
+            STAGES[kind][0](stage if seed is None else stage.for_seed(seed))
         stages.append(stage)
-    return Pipeline(Path(output_dir), stages, source)
+    pipeline = Pipeline(Path(output_dir), stages, source, seeds)
+    summary = pipeline.output_dir / "evaluation.json"
+    last = _last_evaluation(pipeline)
+    if last is not None and last.seeded and Path(last.for_seed(seeds[0]).options["output"]) == summary:
+        raise PipelineError(f"{source}: stage {last.number} (evaluate): a seeded evaluation writes one report per seed "
+                            f"(put {SEED} in its 'output'); {summary} holds their summary")
+    return pipeline
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    import yaml
-
+def load_pipeline(path: str | Path, seeds: list[int] | None = None) -> Pipeline:
+    """Read and check a pipeline file; ``seeds`` replaces the file's own list."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"pipeline file {str(path)!r} does not exist")
-    return parse_pipeline(yaml.safe_load(path.read_text()), str(path))
+    config = yaml.safe_load(path.read_text())
+    if seeds is not None and isinstance(config, dict):
+        config["seeds"] = seeds
+    return parse_pipeline(config, str(path))
 
 
 def cpu_seconds() -> float:
@@ -223,51 +267,116 @@ def _clock(seconds: float) -> str:
     return f"{int(minutes)}m{seconds:04.1f}s"
 
 
+def _blocks(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive seeded stages as one block (repeated per seed); every other stage alone."""
+    blocks: list[list[Stage]] = []
+    for stage in stages:
+        if stage.seeded and blocks and blocks[-1][0].seeded:
+            blocks[-1].append(stage)
+        else:
+            blocks.append([stage])
+    return blocks
+
+
 def run_pipeline(pipeline: Pipeline, print_fn: Callable[[str], None] = print) -> list[dict]:
-    """Run every stage in order; returns one timing record per stage."""
+    """Run every stage in order (seeded blocks once per seed); returns one timing record per stage run."""
     pipeline.output_dir.mkdir(parents=True, exist_ok=True)
     started, records = time.perf_counter(), []
     total = len(pipeline.stages)
-    for stage in pipeline.stages:
-        stage_started, stage_cpu = time.perf_counter(), cpu_seconds()
-        print_fn(f"[{stage.number}/{total}] {stage.kind} ...")
-        outcome = STAGES[stage.kind][1](stage, pipeline)
-        record = {
-            "stage": stage.kind,
-            "seconds": time.perf_counter() - stage_started,
-            "user_cpu_seconds": cpu_seconds() - stage_cpu,
-            "outcome": outcome,
-        }
-        records.append(record)
-        print_fn(
-            f"[{stage.number}/{total}] {stage.kind} done in {_clock(record['seconds'])} "
-            f"(cpu {_clock(record['user_cpu_seconds'])}, total {_clock(time.perf_counter() - started)}): {outcome}"
-        )
+    for block in _blocks(pipeline.stages):
+        seeds = pipeline.seeds if block[0].seeded else [None]
+        for seed in seeds:
+            for stage in block:
+                run = stage if seed is None else stage.for_seed(seed)
+                label = stage.kind if seed is None else f"{stage.kind} (seed {seed}, {seeds.index(seed) + 1} of {len(seeds)})"
+                stage_started, stage_cpu = time.perf_counter(), cpu_seconds()
+                print_fn(f"[{stage.number}/{total}] {label} ...")
+                outcome = STAGES[stage.kind][1](run, pipeline)
+                record = {
+                    "stage": stage.kind,
+                    "seed": seed,
+                    "seconds": time.perf_counter() - stage_started,
+                    "user_cpu_seconds": cpu_seconds() - stage_cpu,
+                    "outcome": outcome,
+                }
+                records.append(record)
+                print_fn(
+                    f"[{stage.number}/{total}] {label} done in {_clock(record['seconds'])} "
+                    f"(cpu {_clock(record['user_cpu_seconds'])}, total {_clock(time.perf_counter() - started)}): {outcome}"
+                )
     return records
 
 
-def final_table(pipeline: Pipeline, records: list[dict]) -> str:
-    """Stage times, then the before/after table of the last evaluate stage with an output."""
-    lines = ["stage        wall       user cpu"]
-    lines += [f"{r['stage']:<12} {_clock(r['seconds']):>9}  {_clock(r['user_cpu_seconds']):>9}" for r in records]
-    lines.append(f"{'total':<12} {_clock(sum(r['seconds'] for r in records)):>9}  {_clock(sum(r['user_cpu_seconds'] for r in records)):>9}")
+def _last_evaluation(pipeline: Pipeline) -> Stage | None:
     evaluations = [s for s in pipeline.stages if s.kind == "evaluate" and s.options.get("output")]
-    if evaluations:
-        stage = evaluations[-1]
-        report = json.loads(Path(stage.options["output"]).read_text())
-        before, after = stage.options.get("reference_label", "reference"), stage.options.get("policy_label", "policy")
-        kl = "n/a" if report["kl"] is None else f"{report['kl']:.2f}"
-        rows = [
-            ("", before, after),
-            ("mean gold reward" if report.get("reward") == "gold" else "mean reward",
-             f"{report['reference']['mean_reward']:+.3f}", f"{report['policy']['mean_reward']:+.3f}"),
-            (f"win rate vs {before}", "50.0%", f"{report['win_rate']:.1%}"),
-            (f"KL to {before} (nats)", "0", kl),
-            ("mean length (tokens)", f"{report['reference']['mean_length']:.1f}", f"{report['policy']['mean_length']:.1f}"),
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines.append(f"\n{before} -> {after} on {report['prompts']} held-out prompts:")
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return evaluations[-1] if evaluations else None
+
+
+# The figures of the before/after table: (key in the summary, how to read it from one report).
+FIGURES = {
+    "reference_mean_reward": lambda report: report["reference"]["mean_reward"],
+    "policy_mean_reward": lambda report: report["policy"]["mean_reward"],
+    "win_rate": lambda report: report["win_rate"],
+    "kl": lambda report: report["kl"],
+    "reference_mean_length": lambda report: report["reference"]["mean_length"],
+    "policy_mean_length": lambda report: report["policy"]["mean_length"],
+}
+
+
+def summarize_evaluations(pipeline: Pipeline) -> dict | None:
+    """Each figure of the last evaluation as a mean and 95% interval over the seeds it ran
+    with, beside every seed's own report; None when no evaluate stage writes a report."""
+    stage = _last_evaluation(pipeline)
+    if stage is None:
+        return None
+    seeds = pipeline.seeds if stage.seeded else [None]
+    reports = [json.loads(Path((stage if seed is None else stage.for_seed(seed)).options["output"]).read_text()) for seed in seeds]
+    figures = {}
+    for name, read in FIGURES.items():
+        values = [read(report) for report in reports]
+        figures[name] = None if any(v is None for v in values) else mean_interval(values).as_dict() | {"values": values}
+    return {
+        "seeds": seeds,
+        "prompts": reports[0]["prompts"],
+        "reward": reports[0].get("reward"),
+        "reference_label": stage.options.get("reference_label", "reference"),
+        "policy_label": stage.options.get("policy_label", "policy"),
+        "figures": figures,
+        "reports": reports,
+    }
+
+
+def _cell(figure: dict | None, spec: str, percent: bool = False) -> str:
+    if figure is None:
+        return "n/a"
+    scale, suffix = (100.0, "%") if percent else (1.0, "")
+    text = f"{figure['mean'] * scale:{spec}}{suffix}"
+    return text if figure["n"] < 2 else f"{text} ± {figure['half_width'] * scale:{spec.lstrip('+')}}{suffix}"
+
+
+def final_table(records: list[dict], summary: dict | None) -> str:
+    """Stage times, then the before/after table of the last evaluation (mean ± 95% interval
+    over the seeds when there are several)."""
+    lines = ["stage        seed  wall       user cpu"]
+    lines += [f"{r['stage']:<12} {'' if r['seed'] is None else r['seed']:>4}  {_clock(r['seconds']):>9}  {_clock(r['user_cpu_seconds']):>9}"
+              for r in records]
+    lines.append(f"{'total':<12} {'':>4}  {_clock(sum(r['seconds'] for r in records)):>9}  {_clock(sum(r['user_cpu_seconds'] for r in records)):>9}")
+    if summary is None:
+        return "\n".join(lines)
+    f, before, after = summary["figures"], summary["reference_label"], summary["policy_label"]
+    rows = [
+        ("", before, after),
+        ("mean gold reward" if summary["reward"] == "gold" else "mean reward",
+         _cell(f["reference_mean_reward"], "+.3f"), _cell(f["policy_mean_reward"], "+.3f")),
+        (f"win rate vs {before}", "50.0%", _cell(f["win_rate"], ".1f", percent=True)),
+        (f"KL to {before} (nats)", "0", _cell(f["kl"], ".2f")),
+        ("mean length (tokens)", _cell(f["reference_mean_length"], ".1f"), _cell(f["policy_mean_length"], ".1f")),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    seeds = summary["seeds"]
+    over = f", mean ± 95% interval over {len(seeds)} seeds" if len(seeds) > 1 else ""
+    lines.append(f"\n{before} -> {after} on {summary['prompts']} held-out prompts{over}:")
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
 
 
@@ -275,17 +384,22 @@ def pipeline_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lightning-rlhf pipeline", description="Run the stages of a pipeline file (build, toy-prompts, label, fit, evaluate) one after another.")
     parser.add_argument("file", help="pipeline YAML (e.g. recipes/pipelines/toy.yaml)")
     parser.add_argument("--check", action="store_true", help="only read and check the stages")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="run the seeded stages with these seeds instead of the file's (e.g. --seeds 0 for one quick pass)")
     args = parser.parse_args(argv)
     try:
-        pipeline = load_pipeline(args.file)
+        pipeline = load_pipeline(args.file, seeds=args.seeds)
     except PipelineError as e:
         parser.exit(2, f"error: {e}\n")
     if args.check:
         print(f"{args.file}: {len(pipeline.stages)} stages OK: {', '.join(s.kind for s in pipeline.stages)}")
         return 0
     records = run_pipeline(pipeline, print_fn=lambda line: print(line, flush=True))
-    table = final_table(pipeline, records)
+    summary = summarize_evaluations(pipeline)
+    table = final_table(records, summary)
     print("\n" + table)
-    (pipeline.output_dir / "pipeline.json").write_text(json.dumps({"stages": records}, indent=2) + "\n")
+    if summary is not None and _last_evaluation(pipeline).seeded:
+        (pipeline.output_dir / "evaluation.json").write_text(json.dumps(summary | {"cpu_capability": cpu_capability()}, indent=2) + "\n")
+    (pipeline.output_dir / "pipeline.json").write_text(json.dumps({"stages": records, "cpu_capability": cpu_capability()}, indent=2) + "\n")
     (pipeline.output_dir / "summary.txt").write_text(table + "\n")
     return 0

@@ -28,17 +28,28 @@ pairs with no shared beginning have one, and the model is conditioned on BOS alo
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from lightning_rlhf.cli import main
-
-DPO = ["fit", "--config", "recipes/dpo/tiny.yaml", "--trainer.logger", "false", "--trainer.max_steps", "1",
-       "--trainer.enable_progress_bar", "false", "--model.init_args.export_dir", "null"]
+from tests.test_data import BAD_PREFERENCE_ROWS
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    code = main([*DPO, *args])
+def recipe_args(recipe: str) -> list[str]:
+    return ["fit", "--config", recipe, "--trainer.logger", "false", "--trainer.max_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--model.init_args.export_dir", "null"]
+
+
+DPO = recipe_args("recipes/dpo/tiny.yaml")
+
+
+def run_cli(capsys, *args: str, recipe: list[str] = DPO) -> tuple[int, str]:
+    code = main([*recipe, *args])
     return code, capsys.readouterr().err
 
 
@@ -137,3 +148,92 @@ def test_two_output_classifier_in_reward_module_is_an_error(two_label_classifier
     module = RewardModule(ModelSettings(name_or_path=str(two_label_classifier)), BradleyTerry())
     with pytest.raises(ValueError, match="2 outputs"):
         module.configure_model()
+
+
+# -- every bad-input case of test_data.py, through the command a user types --------------------
+def assert_located(err: str, path: Path, row: int | None, field: str | None, words: str) -> None:
+    """The one printed line names the file, the row and the field, then the problem."""
+    where = ", ".join([str(path)] + ([f"row {row}"] if row else []) + ([f"field {field!r}"] if field else []))
+    line = error_line(err)
+    assert line.startswith(f"error: {where}: "), line
+    assert words in line, line
+
+
+@pytest.mark.parametrize("content, row, field, words", BAD_PREFERENCE_ROWS)
+def test_cli_prints_every_bad_preference_row_located(capsys, tmp_path, content, row, field, words):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    code, err = run_cli(capsys, "--data.init_args.path", str(path))
+    assert code == 2
+    assert_located(err, path, row, field, words)
+
+
+def test_cli_prints_invalid_utf8_located(capsys, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "\xff\xfe", "chosen": "b", "rejected": "c"}\n')
+    code, err = run_cli(capsys, "--data.init_args.path", str(path))
+    assert code == 2
+    assert_located(err, path, 2, None, "invalid UTF-8")
+
+
+def test_cli_prints_an_sft_row_without_completion_located(capsys, tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "answer": "b"}\n')
+    code, err = run_cli(capsys, "--data.init_args.path", str(path), recipe=recipe_args("recipes/sft/tiny.yaml"))
+    assert code == 2
+    assert_located(err, path, 2, None, "an SFT row needs")
+
+
+@pytest.mark.parametrize("label", [1, "yes"])
+def test_cli_prints_a_bad_kto_label_located(capsys, tmp_path, label):
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text(json.dumps({"prompt": "Q?", "completion": " A.", "label": True}) + "\n"
+                    + json.dumps({"prompt": "Q?", "completion": " B.", "label": label}) + "\n")
+    code, err = run_cli(capsys, "--data.init_args.path", str(path), recipe=recipe_args("recipes/kto/tiny.yaml"))
+    assert code == 2
+    assert_located(err, path, 2, "label", "")
+
+
+def test_cli_prints_conversations_without_a_chat_template_located(capsys, tmp_path):
+    from lightning_rlhf.models import builtin
+
+    model = tmp_path / "no-template"
+    shutil.copytree(builtin.resolve("builtin:tiny-llama"), model)
+    config_path = model / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config))
+    for template in model.glob("chat_template.*"):
+        template.unlink()
+    path = tmp_path / "chat.jsonl"
+    user = {"role": "user", "content": "Hi"}
+    path.write_text(json.dumps({"prompt": [user], "chosen": [{"role": "assistant", "content": "a"}],
+                                "rejected": [{"role": "assistant", "content": "b"}]}) + "\n")
+    code, err = run_cli(capsys, "--data.init_args.path", str(path), "--model.init_args.policy.name_or_path", str(model))
+    assert code == 2
+    assert_located(err, path, 1, None, "conversational data needs a chat template")
+
+
+def test_cli_prints_an_unknown_file_type_and_every_row_dropped(capsys, tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("x")
+    code, err = run_cli(capsys, "--data.init_args.path", str(path))
+    assert code == 2
+    assert_located(err, path, None, None, "unknown file type '.txt'")
+    path = tmp_path / "same.jsonl"
+    path.write_text('{"prompt": "a", "chosen": " x", "rejected": " x"}\n')
+    code, err = run_cli(capsys, "--data.init_args.path", str(path))
+    assert code == 2
+    assert_located(err, path, None, None, "every row was dropped")
+
+
+def test_the_installed_command_prints_a_cut_off_row(tmp_path):
+    """The case a user met: row 2 cut off mid-object printed json's internal ``error: 27``."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "chosen": " b", "rejected": " c"}\n{"prompt": "a", "chosen": \n')
+    command = [str(Path(sys.executable).with_name("lightning-rlhf")), *DPO, "--data.init_args.path", str(path)]
+    if not Path(command[0]).exists():
+        command = [sys.executable, "-m", "lightning_rlhf.cli", *command[1:]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+    assert done.returncode == 2, done.stderr
+    assert_located(done.stderr, path, 2, None, "malformed JSON: Expecting value at column")

@@ -89,6 +89,7 @@ def normalised(weights: torch.Tensor) -> torch.Tensor:
     return weights / weights.sum()
 
 
+@pytest.mark.learns
 @pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
 def test_dpo_reaches_the_rlhf_optimum(beta):
     probs = train_to_convergence(create_algorithm("dpo", beta=beta))
@@ -96,6 +97,7 @@ def test_dpo_reaches_the_rlhf_optimum(beta):
     assert torch.allclose(probs, expected, atol=1e-6), (probs, expected)
 
 
+@pytest.mark.learns
 @pytest.mark.parametrize("tau", [0.5, 1.0])
 @pytest.mark.parametrize("average", [True, False])  # the same for single tokens
 def test_ipo_reaches_its_least_squares_fixed_point(tau, average):
@@ -108,6 +110,7 @@ def test_ipo_reaches_its_least_squares_fixed_point(tau, average):
     assert not torch.allclose(probs, normalised(REFERENCE * torch.exp(REWARDS / tau)), atol=1e-3)
 
 
+@pytest.mark.learns
 def test_cpl_with_bias_one_reaches_the_reference_free_optimum():
     alpha = 0.5
     probs = train_to_convergence(create_algorithm("cpl", alpha=alpha, contrastive_bias=1.0))

@@ -145,24 +145,31 @@ def test_identical_and_empty_completions_are_counted_drops(tmp_path, tiny_tokeni
 
 
 # -- bad input: each names the file, the row and the field ----------------------------------
-@pytest.mark.parametrize(
-    "content, row, field, words",
-    [
-        ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n', 2, None, "malformed JSON"),
-        ('{"prompt": "a", "chosen": "b"}\n', 1, "rejected", "missing"),
-        ('{"prompt": "a", "chosen": 3, "rejected": "c"}\n', 1, "chosen", "expected a string or a list of messages, got int"),
-        ('{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}\n', 1, "margin", "expected a number"),
-        ('[1, 2]\n', 1, None, "expected a JSON object"),
-        (
-            '{"chosen": [{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}],'
-            ' "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]}\n',
-            1,
-            "chosen",
-            "unknown role 'wizard'",
-        ),
-        ('{"prompt": "a", "chosen": [{"role": "assistant", "content": "b"}], "rejected": "c"}\n', 1, "rejected", "both"),
-    ],
-)
+# (file content, row, field, words of the problem): also driven through the command line
+# by test_bad_input.py, which checks the printed line names the same file, row and field.
+BAD_PREFERENCE_ROWS = [
+    pytest.param('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n', 2, None, "malformed JSON",
+                 id="malformed-json"),
+    pytest.param('{"prompt": "a", "chosen": "b"}\n', 1, "rejected", "missing", id="missing-field"),
+    pytest.param('{"prompt": "a", "chosen": 3, "rejected": "c"}\n', 1, "chosen", "expected a string or a list of messages, got int",
+                 id="wrong-type"),
+    pytest.param('{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}\n', 1, "margin", "expected a number",
+                 id="bad-margin"),
+    pytest.param('[1, 2]\n', 1, None, "expected a JSON object", id="not-an-object"),
+    pytest.param(
+        '{"chosen": [{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}],'
+        ' "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]}\n',
+        1,
+        "chosen",
+        "unknown role 'wizard'",
+        id="unknown-role",
+    ),
+    pytest.param('{"prompt": "a", "chosen": [{"role": "assistant", "content": "b"}], "rejected": "c"}\n', 1, "rejected", "both",
+                 id="mixed-kinds"),
+]
+
+
+@pytest.mark.parametrize("content, row, field, words", BAD_PREFERENCE_ROWS)
 def test_bad_preference_rows_are_located(tmp_path, tiny_tokenizer, content, row, field, words):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)

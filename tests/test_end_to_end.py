@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from lightning_rlhf.cli import RLHFCLI
@@ -22,6 +23,7 @@ def run_recipe(recipe: str, root: Path, wandb: bool = True, *overrides: str) -> 
     )
 
 
+@pytest.mark.learns
 def test_tiny_dpo_recipe_learns_its_pairs(tmp_path):
     cli = run_recipe("recipes/dpo/tiny.yaml", tmp_path)
     # Score the training pairs with the trained policy (validation pass, no updates).
@@ -44,6 +46,7 @@ def test_tiny_dpo_recipe_learns_its_pairs(tmp_path):
     assert b"train/rewards/accuracies" in records
 
 
+@pytest.mark.learns
 def test_tiny_sft_recipe_lowers_nll(tmp_path):
     cli = run_recipe("recipes/sft/tiny.yaml", tmp_path, wandb=False)
     data = cli.datamodule.train_dataloader()

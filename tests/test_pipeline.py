@@ -1,8 +1,18 @@
 """Pipeline files: the shipped one parses and checks; mistakes are clear errors before any stage runs."""
 
+import json
+
 import pytest
 
-from lightning_rlhf.pipeline import PipelineError, load_pipeline, option_argv, parse_pipeline
+from lightning_rlhf.pipeline import (
+    PipelineError,
+    final_table,
+    load_pipeline,
+    option_argv,
+    parse_pipeline,
+    run_pipeline,
+    summarize_evaluations,
+)
 
 GOOD_LABEL = {"policy": "builtin:tiny-llama", "prompts": "{output_dir}/p.jsonl", "output": "{output_dir}/pairs.jsonl"}
 
@@ -10,8 +20,12 @@ GOOD_LABEL = {"policy": "builtin:tiny-llama", "prompts": "{output_dir}/p.jsonl",
 def test_the_toy_pipeline_parses_and_checks():
     pipeline = load_pipeline("recipes/pipelines/toy.yaml")
     assert [s.kind for s in pipeline.stages] == ["build", "toy-prompts", "label", "fit", "evaluate"]
-    label = pipeline.stages[2].options
-    assert label["output"] == str(pipeline.output_dir / "preferences.jsonl")  # {output_dir} substituted
+    assert len(pipeline.seeds) >= 3
+    label = pipeline.stages[2]
+    assert label.seeded and not pipeline.stages[0].seeded and not pipeline.stages[1].seeded
+    # {output_dir} substituted when read, {seed} per run
+    assert label.for_seed(3).options["output"] == str(pipeline.output_dir / "seed3" / "preferences.jsonl")
+    assert label.for_seed(3).options["seed"] == "3"
 
 
 def test_unknown_stage_names_the_stage_and_lists_the_valid_ones():
@@ -27,11 +41,67 @@ def test_unknown_stage_names_the_stage_and_lists_the_valid_ones():
         ([{"fit": {"config": "recipes/nope.yaml"}}], r"stage 1 \(fit\): recipe 'recipes/nope.yaml' does not exist"),
         ([{"build": {"model": "x"}, "fit": {}}], r"stage 1 must be a one-key mapping"),
         ([], r"'stages' must be a non-empty list"),
+        ([{"label": {**GOOD_LABEL, "k": "{seed}x"}}], r"stage 1 \(label\): argument --k: invalid int value: '0x'"),
+        ([{"evaluate": {"policy": "p", "reference": "r", "prompts": "p.jsonl", "seed": "{seed}", "output": "{output_dir}/evaluation.json"}}],
+         r"a seeded evaluation writes one report per seed"),
     ],
 )
 def test_bad_stages_are_errors(stages, message):
     with pytest.raises(PipelineError, match=message):
         parse_pipeline({"output_dir": "out", "stages": stages})
+
+
+@pytest.mark.parametrize("seeds", [[], [1, 1], ["a"], 3])
+def test_bad_seeds_are_errors(seeds):
+    with pytest.raises(PipelineError, match="'seeds'"):
+        parse_pipeline({"output_dir": "out", "seeds": seeds, "stages": [{"build": {"model": "x"}}]})
+
+
+def test_seeded_stages_repeat_per_seed_and_the_table_gives_intervals(tmp_path, monkeypatch):
+    """Consecutive seeded stages run as a block once per seed; the others once. The table's
+    figures are means with 95% t-intervals over the seeds' reports."""
+    from lightning_rlhf import pipeline as module
+
+    ran = []
+    win_rates = {0: 0.70, 1: 0.80, 2: 0.90}  # mean 0.8, s = 0.1, t(2) = 4.303: ± 0.248
+
+    def fake_evaluate(stage, pipeline):
+        seed = int(stage.options["seed"])
+        ran.append(("evaluate", seed))
+        report = {"prompts": 10, "reward": "gold", "win_rate": win_rates[seed], "kl": 1.0 + seed,
+                  "reference": {"mean_reward": 0.0, "mean_length": 10.0},
+                  "policy": {"mean_reward": 0.5, "mean_length": 12.0}}
+        path = tmp_path / f"seed{seed}" / "evaluation.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report))
+        return "ok"
+
+    def fake_label(stage, pipeline):
+        ran.append(("label", int(stage.options["seed"])))
+        return "ok"
+
+    monkeypatch.setitem(module.STAGES, "label", (module.STAGES["label"][0], fake_label))
+    monkeypatch.setitem(module.STAGES, "evaluate", (module.STAGES["evaluate"][0], fake_evaluate))
+    monkeypatch.setitem(module.STAGES, "toy-prompts", (module.STAGES["toy-prompts"][0], lambda stage, p: ran.append(("prompts",)) or "ok"))
+    pipeline = parse_pipeline({
+        "output_dir": str(tmp_path), "seeds": [0, 1, 2],
+        "stages": [
+            {"toy-prompts": {"train": 1, "heldout": 1}},
+            {"label": {**GOOD_LABEL, "seed": "{seed}"}},
+            {"evaluate": {"policy": "p", "reference": "r", "prompts": "p.jsonl", "seed": "{seed}",
+                          "output": "{output_dir}/seed{seed}/evaluation.json", "policy_label": "DPO", "reference_label": "SFT"}},
+        ],
+    })
+    records = run_pipeline(pipeline, print_fn=lambda line: None)
+    assert ran == [("prompts",), ("label", 0), ("evaluate", 0), ("label", 1), ("evaluate", 1), ("label", 2), ("evaluate", 2)]
+    assert [r["seed"] for r in records] == [None, 0, 0, 1, 1, 2, 2]
+    summary = summarize_evaluations(pipeline)
+    win = summary["figures"]["win_rate"]
+    assert win["mean"] == pytest.approx(0.8) and win["half_width"] == pytest.approx(4.303 * 0.1 / 3**0.5)
+    assert win["values"] == [0.7, 0.8, 0.9] and len(summary["reports"]) == 3
+    table = final_table(records, summary)
+    assert "mean ± 95% interval over 3 seeds" in table
+    assert "80.0% ± 24.8%" in table and "2.00 ± 2.48" in table  # win rate; KL 1, 2, 3
 
 
 def test_options_become_flags():

@@ -1,0 +1,29 @@
+"""Means with 95% intervals, by hand."""
+
+import math
+
+import pytest
+
+from lightning_rlhf.stats import mean_interval, t_quantile_975
+
+
+def test_interval_by_hand():
+    """[1, 2, 3]: mean 2, sample std 1, t_{0.975, 2} = 4.303, half-width 4.303 / sqrt(3)."""
+    interval = mean_interval([1.0, 2.0, 3.0])
+    assert interval.mean == 2.0 and interval.n == 3
+    assert interval.half_width == pytest.approx(4.303 / math.sqrt(3))
+    assert 0.0 in interval and 4.4 in interval and 4.5 not in interval
+    assert interval.as_dict()["ci95"] == pytest.approx([2 - 2.4843, 2 + 2.4843], abs=1e-4)
+
+
+def test_t_quantiles():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(4) == 2.776 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(500) == 1.96
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_one_value_has_no_width_and_none_is_an_error():
+    assert mean_interval([0.7]).half_width == 0.0
+    with pytest.raises(ValueError):
+        mean_interval([])
