@@ -294,6 +294,7 @@ def run_pipeline(pipeline: Pipeline, print_fn: Callable[[str], None] = print) ->
                 outcome = STAGES[stage.kind][1](run, pipeline)
                 record = {
                     "stage": stage.kind,
+                    "number": stage.number,
                     "seed": seed,
                     "seconds": time.perf_counter() - stage_started,
                     "user_cpu_seconds": cpu_seconds() - stage_cpu,
@@ -323,10 +324,11 @@ FIGURES = {
 }
 
 
-def summarize_evaluations(pipeline: Pipeline) -> dict | None:
-    """Each figure of the last evaluation as a mean and 95% interval over the seeds it ran
-    with, beside every seed's own report; None when no evaluate stage writes a report."""
-    stage = _last_evaluation(pipeline)
+def summarize_evaluations(pipeline: Pipeline, stage: Stage | None = None) -> dict | None:
+    """Each figure of an evaluate stage (default: the last one that writes a report) as a
+    mean and 95% interval over the seeds it ran with, beside every seed's own report; None
+    when there is no such stage."""
+    stage = stage or _last_evaluation(pipeline)
     if stage is None:
         return None
     seeds = pipeline.seeds if stage.seeded else [None]
@@ -346,7 +348,8 @@ def summarize_evaluations(pipeline: Pipeline) -> dict | None:
     }
 
 
-def _cell(figure: dict | None, spec: str, percent: bool = False) -> str:
+def format_figure(figure: dict | None, spec: str, percent: bool = False) -> str:
+    """``mean ± half-width`` of a summary figure (``Interval.as_dict()``), or the mean alone for one seed."""
     if figure is None:
         return "n/a"
     scale, suffix = (100.0, "%") if percent else (1.0, "")
@@ -367,10 +370,10 @@ def final_table(records: list[dict], summary: dict | None) -> str:
     rows = [
         ("", before, after),
         ("mean gold reward" if summary["reward"] == "gold" else "mean reward",
-         _cell(f["reference_mean_reward"], "+.3f"), _cell(f["policy_mean_reward"], "+.3f")),
-        (f"win rate vs {before}", "50.0%", _cell(f["win_rate"], ".1f", percent=True)),
-        (f"KL to {before} (nats)", "0", _cell(f["kl"], ".2f")),
-        ("mean length (tokens)", _cell(f["reference_mean_length"], ".1f"), _cell(f["policy_mean_length"], ".1f")),
+         format_figure(f["reference_mean_reward"], "+.3f"), format_figure(f["policy_mean_reward"], "+.3f")),
+        (f"win rate vs {before}", "50.0%", format_figure(f["win_rate"], ".1f", percent=True)),
+        (f"KL to {before} (nats)", "0", format_figure(f["kl"], ".2f")),
+        ("mean length (tokens)", format_figure(f["reference_mean_length"], ".1f"), format_figure(f["policy_mean_length"], ".1f")),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     seeds = summary["seeds"]

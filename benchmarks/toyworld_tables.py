@@ -1,0 +1,148 @@
+"""The README's toy-world tables, each figure a mean with its 95% interval over seeds.
+
+    python benchmarks/toyworld_tables.py objectives      # every offline objective on gold-labelled pairs
+    python benchmarks/toyworld_tables.py self-training   # rejection sampling, ReST and best-of-n
+
+Each table is a pipeline (``lightning_rlhf.pipeline``) built here and run with the same
+stages a user runs: per seed, label the SFT model's samples with the gold reward (seed s),
+train each method (``seed_everything`` s) and evaluate it against the SFT model on the 200
+held-out prompts (sampling seed s). Writes ``<out>/<table>.json`` (every seed's report and
+the summaries) and ``<out>/<table>.md`` (the table), and prints the table with the CPU
+kernel path it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from lightning_rlhf.cpu import cpu_capability
+from lightning_rlhf.pipeline import format_figure, parse_pipeline, run_pipeline, summarize_evaluations
+from lightning_rlhf.stats import mean_interval
+
+OBJECTIVES = ("dpo", "ipo", "simpo", "orpo", "cpl", "kto", "cpl_ranking")
+NAMES = {"kto": "kto (pairs read with `from_pairs`)", "cpl_ranking": "cpl_ranking (K = 4 rankings)"}
+
+
+def fit_stage(recipe: str, run: str, data: str, *extra: str) -> dict:
+    root = f"{{output_dir}}/seed{{seed}}/{run}"
+    return {"fit": {"config": recipe, "args": [
+        "--seed_everything={seed}", f"--data.init_args.path={data}", f"--trainer.default_root_dir={root}",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--model.init_args.export_dir={root}/export", *extra,
+    ]}}
+
+
+def evaluate_stage(run: str, *, policy: str | None = None, **options) -> dict:
+    return {"evaluate": {"policy": policy or f"{{output_dir}}/seed{{seed}}/{run}/export", "reference": "builtin:toyworld",
+                         "prompts": "{output_dir}/prompts-heldout.jsonl", "reward": "gold", "seed": "{seed}",
+                         "policy_label": run, "reference_label": "SFT",
+                         "output": f"{{output_dir}}/seed{{seed}}/{run}/evaluation.json", **options}}
+
+
+def label_stage(output: str, mode: str, prompts: int) -> dict:
+    return {"label": {"policy": "builtin:toyworld", "prompts": "{output_dir}/prompts-train.jsonl", "reward": "gold", "k": 4,
+                      "mode": mode, "seed": "{seed}", "limit": prompts, "output": f"{{output_dir}}/seed{{seed}}/{output}"}}
+
+
+def objectives_pipeline(out: str, seeds: list[int], objectives: list[str]) -> dict:
+    stages = [{"build": {"model": "builtin:toyworld"}}, {"toy-prompts": {"train": 1000, "heldout": 200, "seed": 0}},
+              label_stage("preferences.jsonl", "best-worst", 1000)]
+    if "cpl_ranking" in objectives:
+        stages.append(label_stage("rankings.jsonl", "ranking", 1000))
+    for objective in objectives:
+        data = "{output_dir}/seed{seed}/" + ("rankings.jsonl" if objective == "cpl_ranking" else "preferences.jsonl")
+        stages += [fit_stage(f"recipes/{objective}/toyworld.yaml", objective, data), evaluate_stage(objective)]
+    return {"output_dir": out, "seeds": seeds, "stages": stages}
+
+
+def self_training_pipeline(out: str, seeds: list[int], best_of_n: str) -> dict:
+    prompts = "{output_dir}/prompts-train.jsonl"
+    rs = "recipes/rejection_sampling/toyworld.yaml"
+    stages = [
+        {"build": {"model": "builtin:toyworld"}}, {"toy-prompts": {"train": 512, "heldout": 200, "seed": 0}},
+        fit_stage(rs, "rejection-sampling-offline", prompts, "--model.init_args.algorithm.init_args.rounds=1", "--trainer.max_epochs=1"),
+        evaluate_stage("rejection-sampling-offline"),
+        fit_stage(rs, "rejection-sampling-3-rounds", prompts),
+        evaluate_stage("rejection-sampling-3-rounds"),
+        fit_stage("recipes/rest/toyworld.yaml", "rest", prompts),
+        evaluate_stage("rest"),
+        # best-of-n from the SFT model, selected by the gold reward itself (an oracle)
+        evaluate_stage("best-of-n", policy="builtin:toyworld", best_of_n=best_of_n),
+    ]
+    return {"output_dir": out, "seeds": seeds, "stages": stages}
+
+
+def cell(values: list[float], spec: str, percent: bool = False) -> str:
+    return format_figure(mean_interval(values).as_dict(), spec, percent)
+
+
+def method_row(name: str, reports: list[dict], seconds: list[float] | None = None) -> list[str]:
+    row = [name, cell([r["win_rate"] for r in reports], ".1f", percent=True), cell([r["kl"] for r in reports], ".2f"),
+           cell([r["policy"]["mean_reward"] for r in reports], "+.3f"), cell([r["policy"]["mean_length"] for r in reports], ".1f")]
+    return row + ([f"{sum(seconds) / len(seconds):.0f} s"] if seconds is not None else [])
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=["objectives", "self-training"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--best-of-n", default="2,4,8,16,32")
+    parser.add_argument("--out", default=None, help="default: runs/tables/<table>")
+    args = parser.parse_args()
+    out = args.out or f"runs/tables/{args.table}"
+    config = (objectives_pipeline(out, args.seeds, args.objectives) if args.table == "objectives"
+              else self_training_pipeline(out, args.seeds, args.best_of_n))
+    pipeline = parse_pipeline(config, f"<{args.table} table>")
+    started = time.perf_counter()
+    records = run_pipeline(pipeline, print_fn=lambda line: print(line, flush=True))
+    evaluations = {s.options["policy_label"]: summarize_evaluations(pipeline, s) for s in pipeline.stages if s.kind == "evaluate"}
+    fit_seconds = _fit_seconds(records, pipeline)
+    # Every evaluation of one seed samples the SFT model with the same seed: one value per seed.
+    sft = [r["reference"]["mean_reward"] for r in next(iter(evaluations.values()))["reports"]]
+    header = ["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"]
+    if args.table == "self-training":
+        header.append("fit wall time")
+    rows = [["SFT (`builtin:toyworld`)", "50%", "0", cell(sft, "+.3f"), "-"] + (["-"] if args.table == "self-training" else [])]
+    for name, summary in evaluations.items():
+        if name == "best-of-n":
+            continue
+        rows.append(method_row(NAMES.get(name, name), summary["reports"], fit_seconds.get(name) if args.table == "self-training" else None))
+    if "best-of-n" in evaluations:
+        reports = evaluations["best-of-n"]["reports"]
+        for index, first in enumerate(reports[0]["best_of_n"]["rows"]):
+            rows_n = [r["best_of_n"]["rows"][index] for r in reports]
+            rows.append([f"best-of-{first['n']}", cell([r["win_rate"] for r in rows_n], ".1f", percent=True),
+                         f"{first['kl']:.3f}", cell([r["mean_reward"] for r in rows_n], "+.3f"), "-", ""])
+    table = markdown(header, rows)
+    note = (f"{len(pipeline.seeds)} seeds ({', '.join(map(str, pipeline.seeds))}), mean ± 95% t-interval; "
+            f"{cpu_capability()} kernels; {time.perf_counter() - started:.0f} s in all")
+    print(f"\n{table}\n\n{note}")
+    Path(out, f"{args.table}.md").write_text(f"{table}\n\n{note}\n")
+    Path(out, f"{args.table}.json").write_text(json.dumps(
+        {"cpu_capability": cpu_capability(), "seeds": pipeline.seeds, "summaries": evaluations, "stages": records}, indent=1) + "\n")
+
+
+def _fit_seconds(records: list[dict], pipeline) -> dict[str, list[float]]:
+    """Wall time of each method's fit stage per seed, by the run folder its stage names."""
+    runs = {}
+    for stage in pipeline.stages:
+        if stage.kind == "fit":
+            root = next(a for a in stage.options["args"] if a.startswith("--trainer.default_root_dir="))
+            runs[stage.number] = Path(root.split("=", 1)[1]).name
+    seconds: dict[str, list[float]] = {}
+    for record in records:
+        if record["stage"] == "fit":
+            seconds.setdefault(runs[record["number"]], []).append(record["seconds"])
+    return seconds
+
+
+if __name__ == "__main__":
+    main()

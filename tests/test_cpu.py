@@ -1,0 +1,71 @@
+"""The CPU checks: bf16 only where it is native, a second kernel path to test on."""
+
+import warnings
+
+import pytest
+
+from lightning_rlhf import cpu
+from lightning_rlhf.cli import main
+
+
+@pytest.fixture
+def emulated_bf16(monkeypatch):
+    monkeypatch.setattr(cpu, "bf16_slowdown", lambda: 97.0)
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    monkeypatch.setattr(cpu, "bf16_slowdown", lambda: 0.5)
+
+
+def test_bf16_on_an_emulating_cpu_warns_with_the_measured_slowdown(emulated_bf16):
+    with pytest.warns(UserWarning, match=r"bf16 matrix product measured 97x slower than fp32 here; set trainer.precision: 32-true"):
+        cpu.warn_if_slow_bf16("bf16-mixed", "cpu")
+    assert cpu.fast_precision() == "32-true"
+
+
+def test_no_warning_for_fp32_native_bf16_or_a_gpu(emulated_bf16, monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cpu.warn_if_slow_bf16("32-true", "cpu")
+        cpu.warn_if_slow_bf16("bf16-mixed", "gpu")
+    monkeypatch.setattr(cpu, "bf16_slowdown", lambda: 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cpu.warn_if_slow_bf16("bf16-true", "cpu")
+    assert cpu.fast_precision() == "bf16-mixed"
+
+
+def test_a_recipe_asking_for_bf16_is_warned_through_the_command(emulated_bf16):
+    args = ["fit", "--config", "recipes/dpo/tiny.yaml", "--trainer.logger", "false", "--trainer.max_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--model.init_args.export_dir", "null", "--trainer.enable_checkpointing", "false",
+            "--trainer.precision", "bf16-mixed", "--trainer.limit_val_batches", "0"]
+    with pytest.warns(UserWarning, match="97x slower than fp32"):
+        assert main(args) == 0
+
+
+def test_the_slowdown_is_measured_not_assumed():
+    ratio = cpu.bf16_slowdown()
+    assert ratio > 0
+    # Native bf16 is at least as fast as fp32 within noise; the emulated path is far slower.
+    assert (ratio <= cpu.SLOW_BF16_RATIO) == cpu.has_fast_bf16()
+
+
+def test_second_kernel_path(monkeypatch):
+    monkeypatch.setattr(cpu, "cpu_capability", lambda: "AVX512")
+    assert cpu.second_kernel_path() == "avx2"
+    monkeypatch.setattr(cpu, "cpu_capability", lambda: "AVX2")
+    assert cpu.second_kernel_path() == "default"
+
+
+def test_importing_the_package_makes_openmp_threads_wait_passively():
+    """Set before torch loads (the OpenMP runtime reads it then); a value the user exported wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import lightning_rlhf, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
