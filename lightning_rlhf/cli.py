@@ -155,6 +155,9 @@ def one_line(error: BaseException) -> str:
 
 
 def _run(argv: list[str]) -> int:
+    # main() (and the pipeline's fit stages) hand LightningCLI arguments that are not
+    # sys.argv on purpose.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     extra = _extra_commands()
     if argv and argv[0] in extra:
         return extra[argv[0]](argv[1:]) or 0
@@ -164,8 +167,6 @@ def _run(argv: list[str]) -> int:
         print("Training commands take a recipe (see `lightning-rlhf list-recipes`);")
         print("`lightning-rlhf fit --help` lists every recipe key.")
         return 0
-    # main() hands LightningCLI the arguments it read from sys.argv (less --debug) on purpose.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     RLHFCLI(args=argv, exit_on_error=False)
     return 0
 
