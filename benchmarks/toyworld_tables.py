@@ -53,7 +53,8 @@ def objectives_pipeline(out: str, seeds: list[int], objectives: list[str]) -> di
         stages.append(label_stage("rankings.jsonl", "ranking", 1000))
     for objective in objectives:
         data = "{output_dir}/seed{seed}/" + ("rankings.jsonl" if objective == "cpl_ranking" else "preferences.jsonl")
-        stages += [fit_stage(f"recipes/{objective}/toyworld.yaml", objective, data), evaluate_stage(objective)]
+        # one epoch each, whatever the recipe says (dpo's trains two in the main pipeline)
+        stages += [fit_stage(f"recipes/{objective}/toyworld.yaml", objective, data, "--trainer.max_epochs=1"), evaluate_stage(objective)]
     return {"output_dir": out, "seeds": seeds, "stages": stages}
 
 
