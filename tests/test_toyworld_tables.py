@@ -1,0 +1,30 @@
+"""The README's toy-world tables are pipelines: they parse and check (every recipe, stage option
+and seed) before anything runs, and per-seed outputs never collide."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_rlhf.pipeline import parse_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import toyworld_tables  # noqa: E402
+
+
+@pytest.mark.parametrize("table", ["objectives", "self-training"])
+def test_table_pipelines_check_and_write_one_report_per_method_and_seed(table):
+    config = (toyworld_tables.objectives_pipeline("out", [0, 1, 2], list(toyworld_tables.OBJECTIVES)) if table == "objectives"
+              else toyworld_tables.self_training_pipeline("out", [0, 1, 2], "2,4"))
+    pipeline = parse_pipeline(config, table)
+    outputs = [stage.for_seed(seed).options["output"] for stage in pipeline.stages if stage.kind == "evaluate" for seed in pipeline.seeds]
+    assert len(outputs) == len(set(outputs))
+    labels = [stage.options["policy_label"] for stage in pipeline.stages if stage.kind == "evaluate"]
+    assert len(labels) == len(set(labels))
+    if table == "objectives":
+        assert labels == list(toyworld_tables.OBJECTIVES)
+
+
+def test_table_cells_are_means_with_intervals():
+    assert toyworld_tables.cell([0.7, 0.8, 0.9], ".1f", percent=True) == "80.0% ± 24.8%"
+    assert toyworld_tables.markdown(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
