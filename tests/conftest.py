@@ -11,6 +11,11 @@ def _model_cache(tmp_path_factory):
     # Built-in models are built once per test session, in a private cache.
     if "LIGHTNING_RLHF_HOME" not in os.environ:
         os.environ["LIGHTNING_RLHF_HOME"] = str(tmp_path_factory.mktemp("lightning_rlhf_home"))
+    # Compiled kernels too: inductor's shared cache (/tmp/torchinductor_<user>) is keyed
+    # without ATEN_CPU_CAPABILITY, so a run on the default kernel path reused AVX2 kernels
+    # and failed to compile them against its own headers.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
     yield
 
 
