@@ -19,10 +19,11 @@ GOOD_LABEL = {"policy": "builtin:tiny-llama", "prompts": "{output_dir}/p.jsonl",
 
 def test_the_toy_pipeline_parses_and_checks():
     pipeline = load_pipeline("recipes/pipelines/toy.yaml")
-    assert [s.kind for s in pipeline.stages] == ["build", "toy-prompts", "label", "fit", "evaluate"]
+    assert [s.kind for s in pipeline.stages] == ["toy-prompts", "build", "label", "fit", "evaluate"]
     assert len(pipeline.seeds) >= 3
     label = pipeline.stages[2]
-    assert label.seeded and not pipeline.stages[0].seeded and not pipeline.stages[1].seeded
+    assert not pipeline.stages[0].seeded and all(stage.seeded for stage in pipeline.stages[1:])  # a world per seed
+    assert pipeline.stages[1].for_seed(2).options["model"] == "builtin:toyworld-seed2"
     # {output_dir} substituted when read, {seed} per run
     assert label.for_seed(3).options["output"] == str(pipeline.output_dir / "seed3" / "preferences.jsonl")
     assert label.for_seed(3).options["seed"] == "3"

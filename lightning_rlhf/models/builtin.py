@@ -7,8 +7,11 @@ loaded through the same ``from_pretrained`` path as any hub id or local director
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import random
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +49,28 @@ def is_builtin(name_or_path: str) -> bool:
     return name_or_path.startswith(PREFIX)
 
 
+def seeded(name: str, seed: int) -> str:
+    """``builtin:toyworld`` built from another seed: ``builtin:toyworld-seed3`` (seed 0 is the
+    plain name). For builders that take a ``seed``: the toy world's models."""
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def _builder(name: str, name_or_path: str) -> tuple[str, Callable[[Path], None]]:
+    """The cache name (``x-seed0`` is ``x``) and the function that builds it."""
+    if name in _BUILDERS:
+        return name, _BUILDERS[name]
+    match = re.fullmatch(r"(.+)-seed(\d+)", name)
+    if match and match[1] in _BUILDERS and "seed" in inspect.signature(_BUILDERS[match[1]]).parameters:
+        seed = int(match[2])
+        return seeded(match[1], seed), functools.partial(_BUILDERS[match[1]], seed=seed)
+    seedable = [n for n, build in sorted(_BUILDERS.items()) if "seed" in inspect.signature(build).parameters]
+    raise ValueError(
+        f"unknown built-in model {name_or_path!r}; built-in models are: "
+        + ", ".join(PREFIX + n for n in sorted(_BUILDERS))
+        + (f" (and {', '.join(PREFIX + n + '-seed<N>' for n in seedable)} for other seeds)" if seedable else "")
+    )
+
+
 def resolve(name_or_path: str) -> str:
     """Turn ``builtin:<name>`` into the directory holding it (building it on first use);
     anything else is returned unchanged for ``from_pretrained``."""
@@ -53,11 +78,7 @@ def resolve(name_or_path: str) -> str:
         return name_or_path
     name = name_or_path[len(PREFIX) :]
     _load_builders()
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"unknown built-in model {name_or_path!r}; built-in models are: "
-            + ", ".join(PREFIX + n for n in sorted(_BUILDERS))
-        )
+    name, build = _builder(name, name_or_path)
     directory = cache_root() / "models" / name
     done = directory / ".complete"
     if not done.exists():
@@ -70,7 +91,7 @@ def resolve(name_or_path: str) -> str:
                 # caller's random streams (a seeded run would otherwise initialise, say,
                 # a value head differently on the run that happened to build the model).
                 with _caller_rng_preserved():
-                    _BUILDERS[name](directory)
+                    build(directory)
                 done.touch()
     return str(directory)
 
