@@ -42,7 +42,9 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                # Without its newline, a row cut off mid-object is reported at the column where
+                # it ends, not at "column 1" of the next line.
+                record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(str(path), row, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
             if not isinstance(record, dict):
