@@ -107,11 +107,13 @@ def main() -> None:
     evaluations = {s.options["policy_label"]: summarize_evaluations(pipeline, s) for s in pipeline.stages if s.kind == "evaluate"}
     fit_seconds = _fit_seconds(records, pipeline)
     # Every evaluation of one seed samples the SFT model with the same seed: one value per seed.
-    sft = [r["reference"]["mean_reward"] for r in next(iter(evaluations.values()))["reports"]]
+    sft_reports = next(iter(evaluations.values()))["reports"]
+    sft_reward, sft_length = [r["reference"]["mean_reward"] for r in sft_reports], [r["reference"]["mean_length"] for r in sft_reports]
     header = ["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"]
     if args.table == "self-training":
         header.append("fit wall time")
-    rows = [["SFT (`builtin:toyworld`)", "50%", "0", cell(sft, "+.3f"), "-"] + (["-"] if args.table == "self-training" else [])]
+    rows = [["SFT (`builtin:toyworld`)", "50%", "0", cell(sft_reward, "+.3f"), cell(sft_length, ".1f")]
+            + (["-"] if args.table == "self-training" else [])]
     for name, summary in evaluations.items():
         if name == "best-of-n":
             continue
