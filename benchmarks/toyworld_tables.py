@@ -79,9 +79,11 @@ def cell(values: list[float], spec: str, percent: bool = False) -> str:
     return format_figure(mean_interval(values).as_dict(), spec, percent)
 
 
-def method_row(name: str, reports: list[dict], seconds: list[float] | None = None) -> list[str]:
-    row = [name, cell([r["win_rate"] for r in reports], ".1f", percent=True), cell([r["kl"] for r in reports], ".2f"),
-           cell([r["policy"]["mean_reward"] for r in reports], "+.3f"), cell([r["policy"]["mean_length"] for r in reports], ".1f")]
+def method_row(name: str, summary: dict, seconds: list[float] | None = None) -> list[str]:
+    """A method's row from its evaluation summary (``summarize_evaluations``: intervals already computed)."""
+    f = summary["figures"]
+    row = [name, format_figure(f["win_rate"], ".1f", percent=True), format_figure(f["kl"], ".2f"),
+           format_figure(f["policy_mean_reward"], "+.3f"), format_figure(f["policy_mean_length"], ".1f")]
     return row + ([f"{sum(seconds) / len(seconds):.0f} s"] if seconds is not None else [])
 
 
@@ -117,7 +119,7 @@ def main() -> None:
     for name, summary in evaluations.items():
         if name == "best-of-n":
             continue
-        rows.append(method_row(NAMES.get(name, name), summary["reports"], fit_seconds.get(name) if args.table == "self-training" else None))
+        rows.append(method_row(NAMES.get(name, name), summary, fit_seconds.get(name) if args.table == "self-training" else None))
     if "best-of-n" in evaluations:
         reports = evaluations["best-of-n"]["reports"]
         for index, first in enumerate(reports[0]["best_of_n"]["rows"]):
