@@ -2,6 +2,12 @@
 
     python benchmarks/toyworld_tables.py objectives      # every offline objective on gold-labelled pairs
     python benchmarks/toyworld_tables.py self-training   # rejection sampling, ReST and best-of-n
+    python benchmarks/toyworld_tables.py pooled A.json B.json ...  # where a rerun lands
+
+``pooled`` reads the same results measured on several kernel paths (a pipeline's
+``evaluation.json`` or a table's ``<table>.json``), pools every seed's value and prints, per
+figure, the pooled mean with the 95% interval a new run of as many seeds is expected to
+land in (``lightning_rlhf.stats.rerun_interval``), and whether each input's own mean does.
 
 Each table is a pipeline (``lightning_rlhf.pipeline``) built here and run with the same
 stages a user runs: per seed, label the SFT model's samples with the gold reward (seed s),
@@ -20,7 +26,7 @@ from pathlib import Path
 
 from lightning_rlhf.cpu import cpu_capability
 from lightning_rlhf.pipeline import format_figure, parse_pipeline, run_pipeline, summarize_evaluations
-from lightning_rlhf.stats import mean_interval
+from lightning_rlhf.stats import mean_interval, rerun_interval
 
 OBJECTIVES = ("dpo", "ipo", "simpo", "orpo", "cpl", "kto", "cpl_ranking")
 NAMES = {"kto": "kto (pairs read with `from_pairs`)", "cpl_ranking": "cpl_ranking (K = 4 rankings)"}
@@ -92,14 +98,54 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+FIGURES = {"win_rate": (".1f", True), "kl": (".2f", False), "policy_mean_reward": ("+.3f", False),
+           "policy_mean_length": (".1f", False), "reference_mean_reward": ("+.3f", False),
+           "reference_mean_length": (".1f", False)}
+
+
+def summaries_of(path: str) -> dict[str, dict]:
+    """A results file's evaluation summaries by method: a table's, or a pipeline's one."""
+    data = json.loads(Path(path).read_text())
+    return data["summaries"] if "summaries" in data else {data.get("policy_label", "policy"): data}
+
+
+def pooled(paths: list[str]) -> str:
+    """Per method and figure: the pooled mean ± rerun interval, and each input's mean against it."""
+    inputs = [summaries_of(path) for path in paths]
+    lines = [f"pooled over {len(paths)} results ({', '.join(paths)}); "
+             "interval: 95% prediction interval for the mean of a rerun with as many seeds"]
+    outside = 0
+    for method in inputs[0]:
+        lines.append(f"\n{method}")
+        for figure, (spec, percent) in FIGURES.items():
+            per_input = [summary[method]["figures"][figure] for summary in inputs]
+            values = [v for f in per_input for v in f["values"]]
+            interval = rerun_interval(values, rerun_size=per_input[0]["n"])
+            means = []
+            for f in per_input:
+                inside = f["mean"] in interval
+                outside += not inside
+                means.append(format_figure({"mean": f["mean"], "half_width": 0, "n": 1}, spec, percent)
+                             + ("" if inside else " (outside)"))
+            lines.append(f"  {figure:<22} {format_figure(interval.as_dict(), spec, percent):<18} inputs: {', '.join(means)}")
+    lines.append(f"\n{outside} input mean(s) outside the pooled rerun interval")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["objectives", "self-training"])
+    parser.add_argument("table", choices=["objectives", "self-training", "pooled"])
+    parser.add_argument("results", nargs="*", help="pooled: the results files to pool")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--best-of-n", default="2,4,8,16,32")
     parser.add_argument("--out", default=None, help="default: runs/tables/<table>")
     args = parser.parse_args()
+    if args.table == "pooled":
+        if len(args.results) < 2:
+            parser.error("pooled needs two or more results files")
+        print(pooled(args.results))
+        return
     out = args.out or f"runs/tables/{args.table}"
     config = (objectives_pipeline(out, args.seeds, args.objectives) if args.table == "objectives"
               else self_training_pipeline(out, args.seeds, args.best_of_n))

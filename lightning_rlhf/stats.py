@@ -65,3 +65,24 @@ def mean_interval(values: Sequence[float]) -> Interval:
         return Interval(mean, 0.0, 1)
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     return Interval(mean, t_quantile_975(n - 1) * math.sqrt(variance / n), n)
+
+
+def rerun_interval(values: Sequence[float], rerun_size: int) -> Interval:
+    """Where the mean of a new run of ``rerun_size`` seeds lands, at 95%: a prediction interval.
+
+    ``mean ± t_{0.975, n-1} · s · sqrt(1/n + 1/m)`` for ``n`` pooled values and a rerun of
+    ``m``: the rerun's mean moves by ``s / sqrt(m)`` on its own, and the pooled mean it is
+    compared with by ``s / sqrt(n)``. This, not the interval of the mean, is the range a
+    reader's rerun (another machine, another kernel path) is expected to fall in.
+
+    ``rerun_interval([1.0, 2.0, 3.0], 3)``: s = 1, so 4.303 · sqrt(2/3) = 3.513.
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a prediction interval needs at least two values, got {n}")
+    if rerun_size < 1:
+        raise ValueError(f"a rerun has at least one seed, got {rerun_size}")
+    mean = sum(values) / n
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(mean, t_quantile_975(n - 1) * s * math.sqrt(1 / n + 1 / rerun_size), n)

@@ -1,12 +1,14 @@
 """The README's toy-world tables are pipelines: they parse and check (every recipe, stage option
 and seed) before anything runs, and per-seed outputs never collide."""
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from lightning_rlhf.pipeline import parse_pipeline
+from lightning_rlhf.stats import mean_interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import toyworld_tables  # noqa: E402
@@ -28,3 +30,21 @@ def test_table_pipelines_check_and_write_one_report_per_method_and_seed(table):
 def test_table_cells_are_means_with_intervals():
     assert toyworld_tables.cell([0.7, 0.8, 0.9], ".1f", percent=True) == "80.0% ± 24.8%"
     assert toyworld_tables.markdown(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def _results(path: Path, values: dict[str, list[float]]) -> str:
+    """A pipeline's evaluation.json with the given per-seed values for every figure."""
+    figures = {name: {**mean_interval(vs).as_dict(), "values": vs} for name, vs in values.items()}
+    path.write_text(json.dumps({"policy_label": "DPO", "figures": figures}))
+    return str(path)
+
+
+def test_pooled_marks_a_mean_outside_the_rerun_interval(tmp_path):
+    names = list(toyworld_tables.FIGURES)
+    steady = _results(tmp_path / "a.json", {name: [0.70, 0.71, 0.72] for name in names})
+    close = _results(tmp_path / "b.json", {name: [0.69, 0.71, 0.73] for name in names})
+    far = _results(tmp_path / "c.json", {name: [0.70, 0.71, 0.72] for name in names} | {"kl": [9.0, 9.1, 9.2]})
+    assert toyworld_tables.pooled([steady, close]).endswith("0 input mean(s) outside the pooled rerun interval")
+    report = toyworld_tables.pooled([steady, steady, steady, far])
+    kl_line = next(line for line in report.splitlines() if line.strip().startswith("kl "))
+    assert "(outside)" in kl_line and report.endswith("1 input mean(s) outside the pooled rerun interval")
