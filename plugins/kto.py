@@ -23,9 +23,10 @@ class KTO(Algorithm):
 
         z0 = max(0, mean over the batch of [log pi(y'|x) - log pi_ref(y'|x)])   (no grad)
 
-    estimated on *mismatched* pairs (prompt x with another row's completion y', so the
-    estimate is of KL(pi || pi_ref) rather than of the labelled data's rewards), the loss
-    per example is
+    estimated on *mismatched* pairs (prompt x with the completion y' of another prompt, so
+    the estimate is of KL(pi || pi_ref) rather than of the labelled data's rewards; rows
+    with no other prompt in their batch are left out, and z0 = 0 when none has one), the
+    loss per example is
 
         D:  w_D * (1 - sigmoid(beta * (r - z0)))
         U:  w_U * (1 - sigmoid(beta * (z0 - r)))
@@ -65,7 +66,7 @@ class KTO(Algorithm):
         policy = ctx.policy_logps(batch).sum()  # [2B]: matched rows, then mismatched rows
         reference = ctx.reference_logps(batch).sum()
         rewards, mismatched_rewards = (policy - reference).chunk(2)  # [B] each
-        z0 = mismatched_rewards.detach().mean().clamp(min=0)
+        z0 = masked_mean(mismatched_rewards.detach(), batch["mismatched"]).clamp(min=0)
         desirable_losses = self.desirable_weight * (1 - torch.sigmoid(self.beta * (rewards - z0)))
         undesirable_losses = self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z0 - rewards)))
         loss = torch.where(desirable, desirable_losses, undesirable_losses).mean()

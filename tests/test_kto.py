@@ -34,7 +34,7 @@ def sigmoid(x: float) -> float:
 # beta 0.1 (default): (1 - sigmoid(0.01) + 1 - sigmoid(0.14)) / 2 = (0.497500 + 0.465057) / 2 = 0.481279
 POLICY = [[-1.0], [-3.0], [-4.0], [-5.0]]
 REFERENCE = [[-1.5], [-2.0], [-4.6], [-5.2]]
-LABELS = {"label": torch.tensor([True, False])}
+LABELS = {"label": torch.tensor([True, False]), "mismatched": torch.tensor([True, True])}
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,19 @@ def test_kto_gradient_signs_and_no_gradient_through_the_reference_point():
     assert ctx.grad[2:].abs().sum().item() == 0.0  # z0 is detached: mismatched rows get none
 
 
+def test_kto_reference_point_leaves_out_rows_without_another_prompt():
+    """Mismatched row 1 repeats its own prompt's completion: z0 = max(0, 0.6) from row 0 alone;
+    with no row to estimate from, z0 = 0."""
+    for found, z0 in (([True, False], 0.6), ([False, False], 0.0)):
+        batch = {"label": LABELS["label"], "mismatched": torch.tensor(found)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = create_algorithm("kto", beta=1.0).loss(GivenLogps(POLICY, REFERENCE), batch)
+        assert out.metrics["kl"].item() == pytest.approx(z0, abs=1e-6)
+        expected = ((1 - sigmoid(0.5 - z0)) + (1 - sigmoid(z0 + 1.0))) / 2
+        assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_kto_reference_point_is_clamped_at_zero():
     # Mismatched log-ratios -0.5 and -0.1: mean -0.3 -> z0 = 0.
     # beta 1: desirable 1 - sigmoid(0.5) = 0.377541; undesirable 1 - sigmoid(1.0) = 0.268941
@@ -85,7 +98,7 @@ def test_kto_batch_with_only_desirable_examples_is_finite():
     # (1 - sigmoid(0.1) + 1 - sigmoid(-1.4)) / 2 = (0.475021 + 0.802184) / 2 = 0.638602
     ctx = GivenLogps(POLICY, REFERENCE)
     with pytest.warns(UserWarning, match="2 desirable and 0 undesirable"):
-        out = create_algorithm("kto", beta=1.0).loss(ctx, {"label": torch.tensor([True, True])})
+        out = create_algorithm("kto", beta=1.0).loss(ctx, {"label": torch.tensor([True, True]), "mismatched": LABELS["mismatched"]})
     out.loss.backward()
     assert out.loss.item() == pytest.approx((1 - sigmoid(0.1) + 1 - sigmoid(-1.4)) / 2, abs=1e-6)
     assert torch.isfinite(ctx.grad).all()
@@ -251,3 +264,44 @@ def test_from_pairs_reads_a_preference_file_as_unpaired(tmp_path, tiny_tokenizer
     converted = setup_unpaired(tiny_tokenizer, write_jsonl(tmp_path / "u.jsonl", pairs_to_unpaired(PAIRS)))
     assert direct.train_rows == converted.train_rows
     assert direct.train_label_counts == (2, 2)
+
+
+def _mismatches_of_own_prompt(batch, rows) -> int:
+    """Mismatched rows whose completion is one of that same prompt's own completions."""
+    n = len(rows)
+    count = 0
+    for i in range(n):
+        ids = batch["input_ids"][n + i][batch["completion_mask"][n + i]].tolist()
+        own = [r["completion_ids"] for r in rows if r["prompt_ids"] == rows[i]["prompt_ids"]]
+        count += batch["mismatched"][i].item() and ids in own
+    return count
+
+
+def test_from_pairs_mismatched_rows_never_pair_a_prompt_with_its_own_completions(tmp_path, tiny_tokenizer):
+    """from_pairs lays pair k out as (chosen k, rejected k); neither validation, read in
+    order, nor shuffled training may pair prompt k with rejected k or chosen k."""
+    pairs = [{"prompt": f"Question {k}?", "chosen": f" Good answer {k}.", "rejected": f" Bad {k}."} for k in range(12)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    module = UnpairedDataModule(path=path, val_path=path, from_pairs=True, batch_size=4)
+    module.tokenizer = tiny_tokenizer
+    module.setup("fit")
+    assert [r["label"] for r in module.val_rows[:4]] == [True, False, True, False]  # pairs side by side
+    for loader in (module.val_dataloader(), module.train_dataloader()):
+        for batch in loader:
+            assert batch["mismatched"].all()  # every batch of 4 holds at least two prompts
+            rows = [{"prompt_ids": batch["input_ids"][i][batch["attention_mask"][i] & ~batch["completion_mask"][i]].tolist(),
+                     "completion_ids": batch["input_ids"][i][batch["completion_mask"][i]].tolist()} for i in range(len(batch["label"]))]
+            assert _mismatches_of_own_prompt(batch, rows) == 0
+
+
+def test_a_batch_of_one_prompt_has_no_mismatched_rows():
+    from lightning_rlhf.data.unpaired import UnpairedCollator
+
+    rows = [{"prompt_ids": [1, 2], "completion_ids": [3], "label": True}, {"prompt_ids": [1, 2], "completion_ids": [4], "label": False},
+            {"prompt_ids": [5], "completion_ids": [6], "label": True}]
+    batch = UnpairedCollator(pad_token_id=0, max_length=8)(rows)
+    # rows 0 and 1 share a prompt, so both mismatch with row 2; row 2 with row 0
+    assert batch["mismatched"].tolist() == [True, True, True]
+    assert batch["input_ids"][3].tolist()[:3] == [1, 2, 6] and batch["input_ids"][5].tolist()[:2] == [5, 3]
+    alone = UnpairedCollator(pad_token_id=0, max_length=8)(rows[:2])
+    assert alone["mismatched"].tolist() == [False, False]

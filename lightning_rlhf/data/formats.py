@@ -8,6 +8,14 @@ Text is either *standard* (a string) or *conversational* (a list of ``{"role",
 - Preference: ``{"prompt", "chosen", "rejected"}`` (explicit prompt) or
   ``{"chosen", "rejected"}`` (implicit prompt: the shared beginning is the prompt), with
   optional ``margin`` (float) and ``rating`` (a label a reward plugin maps to a margin).
+  Conversational ``chosen``/``rejected`` lists that repeat the prompt's turns before the
+  answer (UltraFeedback's layout) are split: the shared leading messages are the prompt,
+  and a ``prompt`` column beside them must say the same (the same messages, or as a
+  string the content of the last shared user turn).
+
+Other columns are ignored. Columns with other names are read through a column map
+(``columns={"prompt": "question", "chosen": "response_j", "rejected": "response_k"}``),
+which every data module takes.
 """
 
 from __future__ import annotations
@@ -37,20 +45,36 @@ class PreferenceExample:
 
 
 class RowChecker:
-    """Reads typed fields from one row, raising a :class:`DataError` that locates it."""
+    """Reads typed fields from one row, raising a :class:`DataError` that locates it.
 
-    def __init__(self, source: str, row: int, record: dict):
-        self.source, self.row, self.record = source, row, record
+    ``columns`` maps a field to the column that holds it (``{"chosen": "response_j"}``):
+    ``record`` then holds the field under its own name, and an error about it names the
+    column and the map.
+    """
+
+    def __init__(self, source: str, row: int, record: dict, columns: dict[str, str] | None = None):
+        self.source, self.row, self.columns = source, row, columns or {}
+        self.columns_present = sorted(record)
+        if self.columns:
+            mapped = set(self.columns.values())
+            renamed = {field: record[column] for field, column in self.columns.items() if column in record}
+            record = {key: value for key, value in record.items() if key not in mapped} | renamed
+        self.record = record
 
     def error(self, field: str | None, problem: str) -> DataError:
+        if field in self.columns:
+            problem = f"{problem} (the field is read from column {self.columns[field]!r}, as `columns` maps it)"
         return DataError(self.source, self.row, field, problem)
+
+    def missing(self, field: str, what: str = "missing") -> DataError:
+        return self.error(field, f"{what}; the row has fields {self.columns_present}")
 
     def has(self, field: str) -> bool:
         return self.record.get(field) is not None
 
     def text(self, field: str) -> Text:
         if field not in self.record or self.record[field] is None:
-            raise self.error(field, f"missing; the row has fields {sorted(self.record)}")
+            raise self.missing(field)
         value = self.record[field]
         if isinstance(value, str):
             return value
@@ -101,7 +125,7 @@ def parse_sft(checker: RowChecker) -> SFTExample:
             raise checker.error("text", "expected a string")
         return SFTExample(prompt="", completion=text)
     if not checker.has("completion"):
-        raise checker.error(None, f"an SFT row needs 'prompt' and 'completion', 'messages', or 'text'; it has {sorted(checker.record)}")
+        raise checker.error(None, f"an SFT row needs 'prompt' and 'completion', 'messages', or 'text'; it has {checker.columns_present}")
     prompt = checker.text("prompt") if checker.has("prompt") else ""
     completion = checker.text("completion")
     _check_same_kind(checker, prompt, completion, "completion")
@@ -114,11 +138,16 @@ def parse_preference(checker: RowChecker) -> PreferenceExample:
     chosen, rejected = checker.text("chosen"), checker.text("rejected")
     if type(chosen) is not type(rejected):
         raise checker.error("rejected", "chosen and rejected must both be strings or both be message lists")
-    if checker.has("prompt"):
-        prompt = checker.text("prompt")
-        _check_same_kind(checker, prompt, chosen, "chosen")
-    else:
+    if not checker.has("prompt"):
         prompt, chosen, rejected = split_implicit_prompt(checker, chosen, rejected)
+    elif isinstance(chosen, list) and _shared_messages(chosen, rejected):
+        prompt, chosen, rejected = split_repeated_prompt(checker, checker.text("prompt"), chosen, rejected)
+    else:
+        prompt = checker.text("prompt")
+        if isinstance(prompt, str) and isinstance(chosen, list) and prompt:
+            # a string prompt before conversational answers: the user's turn
+            prompt = [{"role": "user", "content": prompt}]
+        _check_same_kind(checker, prompt, chosen, "chosen")
     return PreferenceExample(
         prompt=prompt,
         chosen=chosen,
@@ -126,6 +155,39 @@ def parse_preference(checker: RowChecker) -> PreferenceExample:
         margin=checker.number("margin"),
         rating=checker.optional_string("rating"),
     )
+
+
+def _shared_messages(chosen: list[dict], rejected: list[dict]) -> int:
+    """How many leading messages two conversations share, leaving each at least one of its own."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    return shared
+
+
+def split_repeated_prompt(checker: RowChecker, prompt: Text, chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Conversations that repeat the prompt's turns before their answers (UltraFeedback's
+    layout): the shared leading messages are the prompt, and the ``prompt`` column must
+    agree with them (the same messages, or the content of the last shared user turn)."""
+    shared = _shared_messages(chosen, rejected)
+    turns = chosen[:shared]
+    if isinstance(prompt, list):
+        consistent = prompt == turns
+    else:
+        user_turns = [m["content"] for m in turns if m["role"] == "user"]
+        consistent = bool(user_turns) and prompt.strip() == user_turns[-1].strip()
+    if not consistent:
+        raise checker.error(
+            "prompt",
+            f"chosen and rejected open with the same {shared} message(s), which should be the prompt, "
+            f"but the prompt column says otherwise: {_clip(prompt)} vs {_clip(turns)}",
+        )
+    return turns, chosen[shared:], rejected[shared:]
+
+
+def _clip(value: Text, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_same_kind(checker: RowChecker, prompt: Text, completion: Text, field: str) -> None:
@@ -141,9 +203,7 @@ def split_implicit_prompt(checker: RowChecker, chosen: Text, rejected: Text) -> 
     ("good" / "great") is not split between prompt and completion.
     """
     if isinstance(chosen, list):
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-            shared += 1
+        shared = _shared_messages(chosen, rejected)
         if shared == 0:
             raise checker.error("chosen", "implicit prompt: chosen and rejected share no opening messages")
         return chosen[:shared], chosen[shared:], rejected[shared:]

@@ -26,6 +26,8 @@ class TextDataModule(L.LightningDataModule):
     """Shared machinery; subclasses say how a row is parsed, encoded and collated."""
 
     data_kind: ClassVar[str]
+    #: the fields a row of this kind is read from; ``columns`` may map any of them
+    fields: ClassVar[tuple[str, ...]]
     #: each row collates to the same sequences whatever batch it is in, so reference
     #: log-probs can be computed once per sequence (see ``lightning_rlhf.reference_cache``)
     reference_cacheable: ClassVar[bool] = True
@@ -46,6 +48,7 @@ class TextDataModule(L.LightningDataModule):
         pad_to_multiple_of: int = 1,
         seed: int = 0,
         group_by_length: bool = False,
+        columns: dict[str, str] | None = None,
     ):
         """
         Args:
@@ -63,6 +66,8 @@ class TextDataModule(L.LightningDataModule):
             group_by_length: batch rows of similar length together, so that little of a batch
                 is padding (shuffled in megabatches of 50 batches, see ``data.length_grouping``);
                 validation rows are then read shortest first
+            columns: where each field is, when the file names it otherwise, e.g.
+                ``{prompt: question, chosen: response_j, rejected: response_k}``
         """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -75,6 +80,7 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer_name = tokenizer
         self.num_workers, self.pad_to_multiple_of, self.seed = num_workers, pad_to_multiple_of, seed
         self.group_by_length = group_by_length
+        self.columns = self.check_columns(columns or {})
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
@@ -97,6 +103,18 @@ class TextDataModule(L.LightningDataModule):
         return example_length(row)
 
     # -- the machinery ----------------------------------------------------------------
+    def check_columns(self, columns: dict[str, str]) -> dict[str, str]:
+        if not columns:
+            return {}
+        unknown = sorted(set(columns) - set(self.fields))
+        if unknown:
+            raise ValueError(f"columns: {type(self).__name__} reads no field {', '.join(map(repr, unknown))}; "
+                             f"its fields are {', '.join(self.fields)}")
+        sources = list(columns.values())
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"columns: one column mapped to two fields in {columns}")
+        return dict(columns)
+
     def _resolve_tokenizer(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is not None:
             return self.tokenizer
@@ -117,7 +135,7 @@ class TextDataModule(L.LightningDataModule):
         rows, total = [], 0
         for row, record in read_rows(path, self.split):
             total += 1
-            checker = RowChecker(path, row, record)
+            checker = RowChecker(path, row, record, self.columns)
             example = self.parse(checker)
             try:
                 encoded = self.encode(example, tokenization)
@@ -182,6 +200,7 @@ class SFTDataModule(TextDataModule):
     """Prompt/completion rows for supervised fine-tuning (see ``data.formats``)."""
 
     data_kind = "sft"
+    fields = ("prompt", "completion", "messages", "text")
 
     def __init__(self, *args, train_on_prompt: bool = False, **kwargs):
         """
@@ -210,6 +229,7 @@ class PreferenceDataModule(TextDataModule):
     """Chosen/rejected pairs, explicit or implicit prompt (see ``data.formats``)."""
 
     data_kind = "preference"
+    fields = ("prompt", "chosen", "rejected", "margin", "rating")
 
     def __init__(self, *args, share_prompt: bool = False, **kwargs):
         """

@@ -29,7 +29,7 @@ class PromptExample:
 
 def parse_prompt(checker: RowChecker) -> PromptExample:
     if not checker.has("prompt"):
-        raise checker.error("prompt", f"missing; a prompt row needs 'prompt', it has {sorted(checker.record)}")
+        raise checker.error("prompt", f"missing; a prompt row needs 'prompt', it has {checker.columns_present}")
     return PromptExample(checker.text("prompt"))
 
 
@@ -53,6 +53,7 @@ class PromptDataModule(TextDataModule):
     """Prompts for online algorithms (see ``data.prompts``)."""
 
     data_kind = "prompt"
+    fields = ("prompt",)
 
     def parse(self, checker: RowChecker) -> PromptExample:
         return parse_prompt(checker)

@@ -51,7 +51,7 @@ def parse_ranking(checker: RowChecker) -> RankingExample:
     raw = checker.record.get("completions")
     if not isinstance(raw, list):
         problem = "missing" if raw is None else f"expected a list of completions, got {type(raw).__name__}"
-        raise checker.error("completions", f"{problem}; the row has fields {sorted(checker.record)}")
+        raise checker.missing("completions", problem)
     if len(raw) < 2:
         raise checker.error("completions", f"a ranking needs at least 2 completions, got {len(raw)}")
     completions: list[Text] = []
@@ -92,6 +92,7 @@ class RankingDataModule(TextDataModule):
     """K ranked completions per prompt (see ``data.ranking``); ``batch_size`` counts prompts."""
 
     data_kind = "ranking"
+    fields = ("prompt", "completions", "scores")
 
     def parse(self, checker: RowChecker) -> RankingExample:
         return parse_ranking(checker)

@@ -13,19 +13,24 @@ Paired preference data converts by taking each chosen response as desirable and 
 rejected one as undesirable: :func:`pairs_to_unpaired` for rows, or ``from_pairs: true``
 on the data module to read a preference file directly.
 
-A batch of B rows holds the B matched rows, then B *mismatched* rows (prompt i with the
-completion of row i+1 mod B), in one tensor so that one forward pass scores both::
+A batch of B rows holds the B matched rows, then B *mismatched* rows, in one tensor so
+that one forward pass scores both. Mismatched row i is prompt i with the completion of the
+next row (i+1, i+2, ... mod B) whose prompt differs from prompt i: never one of prompt i's
+own completions, which ``from_pairs`` puts side by side (chosen k, rejected k)::
 
     input_ids       [2B, T]  matched rows [0, B), mismatched rows [B, 2B)
     attention_mask  [2B, T]
     completion_mask [2B, T]
     logp_index      [n]      as for every other batch (see ``data.collate``)
     label           [B]      bool, True = desirable; its length is the number of matched rows
+    mismatched      [B]      bool: mismatched row i pairs prompt i with another prompt's
+                             completion; False when every row of the batch has prompt i
+                             (row i is then repeated and left out of the estimate)
     train_label_counts [2]   (desirable, undesirable) rows in the training split, when known
 
 The mismatched rows are what KTO estimates its reference point (a KL term) from. A
 mismatched completion is cut, from the right, to fit ``max_length`` beside its new
-prompt. In a batch of one, the mismatched row is the matched row.
+prompt.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class UnpairedExample:
 def parse_label(checker: RowChecker, field: str = "label") -> bool:
     """A boolean, or the string "true"/"false" in any case; nothing else."""
     if field not in checker.record or checker.record[field] is None:
-        raise checker.error(field, f"missing; the row has fields {sorted(checker.record)}")
+        raise checker.missing(field)
     value = checker.record[field]
     if isinstance(value, bool):
         return value
@@ -68,7 +73,7 @@ def parse_label(checker: RowChecker, field: str = "label") -> bool:
 
 def parse_unpaired(checker: RowChecker) -> UnpairedExample:
     if not checker.has("completion"):
-        raise checker.error(None, f"an unpaired row needs 'prompt', 'completion' and 'label'; it has {sorted(checker.record)}")
+        raise checker.error(None, f"an unpaired row needs 'prompt', 'completion' and 'label'; it has {checker.columns_present}")
     example = parse_sft(checker)  # the same prompt/completion checks as SFT rows
     return UnpairedExample(example.prompt, example.completion, parse_label(checker))
 
@@ -93,6 +98,7 @@ class UnpairedDataModule(TextDataModule):
     counts matched rows (the batch also carries as many mismatched ones)."""
 
     data_kind = "unpaired"
+    fields = ("prompt", "completion", "label", "chosen", "rejected")  # the last two with from_pairs
     # The mismatched rows pair each prompt with another row of the same batch: not a
     # function of the row, so there is nothing to cache per sequence.
     reference_cacheable = False
@@ -149,13 +155,25 @@ class UnpairedCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, Tensor]:
         matched = [(r["prompt_ids"], r["completion_ids"]) for r in rows]
-        mismatched = []
+        mismatched, found = [], []
         for i, row in enumerate(rows):
-            completion = rows[(i + 1) % len(rows)]["completion_ids"]
+            partner = other_prompts_row(rows, i)
+            found.append(partner is not None)
+            completion = rows[i if partner is None else partner]["completion_ids"]
             # A truncated prompt keeps at least one completion token free (see Tokenization).
             mismatched.append((row["prompt_ids"], completion[: self.max_length - len(row["prompt_ids"])]))
         batch = pad_sequences(matched + mismatched, self.pad_token_id, self.pad_to_multiple_of)
         batch["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.bool)
+        batch["mismatched"] = torch.tensor(found, dtype=torch.bool)
         if self.train_label_counts is not None:
             batch["train_label_counts"] = torch.tensor(self.train_label_counts, dtype=torch.long)
         return batch
+
+
+def other_prompts_row(rows: list[dict], i: int) -> int | None:
+    """The first row after ``i`` (cyclically) whose prompt differs from row i's, or None."""
+    for step in range(1, len(rows)):
+        j = (i + step) % len(rows)
+        if rows[j]["prompt_ids"] != rows[i]["prompt_ids"]:
+            return j
+    return None
