@@ -1,10 +1,9 @@
 """Rollouts for online algorithms: sample completions from the policy, batched with a KV
 cache, and lay them out as a training batch.
 
-Prompts are left-padded for generation (every row continues from the same column) and
-decoded with Hugging Face ``generate`` (KV cache on, only the chosen ids kept, never a
-``[batch, time, vocab]`` tensor). Each completion keeps exactly the tokens sampled, EOS
-included when the policy wrote one, and the batch is then re-laid right-padded
+Completions come from the rollout engine (``lightning_rlhf.engine``: explicit sampling
+settings, KV cache, only the chosen ids kept). Each completion keeps exactly the tokens
+sampled, EOS included when the policy wrote one, and the batch is then re-laid right-padded
 (``prompt_ids + completion_ids``, as every offline batch) so the same chunked
 log-probability path scores it under the policy, the reference and the critic.
 
@@ -22,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lightning_rlhf.data.collate import pad_sequences
-from lightning_rlhf.generation import _eos_ids, _left_pad, _to_sample
+from lightning_rlhf.engine import RolloutEngine, SamplingSettings, pad_token_id
 
 
 @dataclass
@@ -44,51 +43,20 @@ class Rollout:
 
 @torch.no_grad()
 def generate_rollout(
-    model,
+    engine: RolloutEngine,
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: Sequence[Sequence[int]],
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 64,
-    batch_size: int = 64,
+    settings: SamplingSettings,
+    device: torch.device,
 ) -> Rollout:
-    """Sample one completion per prompt (token-id lists, BOS included) from ``model``.
+    """Sample one completion per prompt (token-id lists, BOS included) through ``engine``.
 
-    Sampling uses the caller's RNG (seeded by the trainer), the full vocabulary (no
-    top-k) and ``temperature``/``top_p``; the trainer must score the tokens at the same
-    temperature (``logits / T``) for the importance ratios to be right.
+    Sampling uses the caller's RNG (seeded by the trainer). A plugin that scores the tokens
+    (importance ratios, KL) does so with the full softmax at ``settings.temperature``, and
+    must sample with ``settings.full_distribution`` (PPO refuses anything else).
     """
-    if temperature <= 0:
-        raise ValueError(f"rollouts sample: temperature must be > 0, got {temperature}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = _eos_ids(model, tokenizer)
-    config = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(eos_ids),
-        pad_token_id=pad_id,
-        bos_token_id=tokenizer.bos_token_id,
-        use_cache=True,
-    )
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    samples = []
-    try:
-        for start in range(0, len(prompt_ids), batch_size):
-            rows = [list(p) for p in prompt_ids[start : start + batch_size]]
-            input_ids, attention_mask = _left_pad(rows, pad_id)
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-            )
-            new_tokens = output[:, input_ids.shape[1] :].tolist()
-            samples.extend(_to_sample(tokenizer, tokens, eos_ids, pad_id) for tokens in new_tokens)
-    finally:
-        model.train(was_training)
-    batch = pad_sequences([(list(p), s.token_ids) for p, s in zip(prompt_ids, samples, strict=True)], pad_id)
+    samples = [group[0] for group in engine.generate(prompt_ids, 1, settings)]
+    batch = pad_sequences([(list(p), s.token_ids) for p, s in zip(prompt_ids, samples, strict=True)], pad_token_id(tokenizer))
     return Rollout(
         batch={k: v.to(device) for k, v in batch.items()},
         completions=[s.text for s in samples],

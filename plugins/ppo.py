@@ -111,7 +111,7 @@ class PPO(OnlineAlgorithm):
             ppo_epochs: passes over each rollout
             minibatch_size: sequences per optimiser step
             temperature: sampling temperature; log-probs are recomputed from logits / T
-            top_p: nucleus sampling threshold (1: the full distribution)
+            top_p: must be 1: the ratios are computed under the full distribution (kept for recipes that spell it)
             max_new_tokens: longest completion sampled
         """
         if kl_estimator not in ("k1", "k2", "k3"):
@@ -122,6 +122,10 @@ class PPO(OnlineAlgorithm):
             raise ValueError("ppo_epochs, minibatch_size and max_new_tokens must be >= 1")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_p != 1.0:
+            # Ratios and KL are computed with the full softmax at the temperature: samples from
+            # a truncated distribution would make both biased.
+            raise ValueError(f"PPO samples from the full distribution its ratios are computed under: top_p must be 1, got {top_p}")
         self.kl_coef, self.kl_estimator, self.kl_target, self.kl_horizon = kl_coef, kl_estimator, kl_target, kl_horizon
         self.gamma, self.lam = gamma, lam
         self.cliprange, self.cliprange_value, self.vf_coef, self.entropy_coef = cliprange, cliprange_value, vf_coef, entropy_coef

@@ -168,3 +168,20 @@ def test_zero3_partitions_policy_and_reference_and_exports_full_weights():
     assert report["reference_frozen"] and report["policy_trainable"]
     assert report["policy_max_diff"] == report["reference_max_diff"] == 0.0  # the checkpoint's weights, gathered
     assert report["export_max_diff"] == 0.0  # the export holds the full weights, not empty partitions
+
+
+def _deepspeed_strategy(stage: int) -> DeepSpeedStrategy:
+    # Built without __init__, which needs the deepspeed package (a GPU extra): the check
+    # reads only the strategy's type and its ZeRO stage.
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
+    strategy.config = {"zero_optimization": {"stage": stage}}
+    return strategy
+
+
+def test_check_strategy_refuses_zero3_for_online_algorithms():
+    zero3 = _deepspeed_strategy(3)
+    assert zero3.zero_stage_3
+    check_strategy(zero3)  # offline: fine
+    with pytest.raises(ValueError, match="under DeepSpeed ZeRO-3 every new token would gather every layer"):
+        check_strategy(zero3, online=True)
+    check_strategy(_deepspeed_strategy(2), online=True)

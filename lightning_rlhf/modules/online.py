@@ -34,6 +34,7 @@ from torch import Tensor
 from lightning_rlhf.algorithm import Experience, trim_padding
 from lightning_rlhf.models.critic import CriticSettings, ValueHead, head_values, load_value_model, value_model_values
 from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.engine import HFEngine, SamplingSettings
 from lightning_rlhf.rollout import Rollout, generate_rollout
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,10 @@ class OnlineMixin:
     def generate(self, prompt_ids, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64) -> Rollout:
         """One sampled completion per prompt, in the training layout (timed for the metrics)."""
         start = time.perf_counter()
-        rollout = generate_rollout(
-            self.policy, self.tokenizer, prompt_ids, temperature, top_p, max_new_tokens,
-            batch_size=self.online_settings.generation_batch_size,
-        )
+        if self.rollout_engine is None:
+            self.rollout_engine = HFEngine(self.policy, self.tokenizer, self.online_settings.generation_batch_size)
+        settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device)
         self._generation_seconds += time.perf_counter() - start
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
@@ -158,6 +159,8 @@ class OnlineMixin:
                 self.clip_gradients(optimizer, gradient_clip_val=self.online_settings.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if self.rollout_engine is not None:
+                self.rollout_engine.weights_changed()
             if scheduler is not None:
                 scheduler.step()
             updates += 1

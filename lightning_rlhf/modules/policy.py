@@ -17,9 +17,11 @@ from torch import Tensor
 
 from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, SequenceLogps, algorithm_spec, check_data_kind
 from lightning_rlhf.data import shared_prompt
+from lightning_rlhf.engine import RolloutEngine
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
 from lightning_rlhf.models.critic import CriticSettings
+from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.modules.online import OnlineMixin, OnlineSettings, reward_spec
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
@@ -65,8 +67,9 @@ class PolicyModule(OnlineMixin, L.LightningModule):
                 its element-wise work (norms, rotary embedding, activations, residuals); the
                 first step pays the compilation (about a minute for a 30M model on a small CPU;
                 inductor keeps it on disk for later runs)
-            disable_dropout: turn dropout off in the policy, so chosen and rejected, policy
-                and reference, are scored by the same function
+            disable_dropout: turn dropout off in the policy and the critic (``nn.Dropout`` and
+                attention dropout), so chosen and rejected, policy and reference, old and new
+                log-probs and values are each computed by the same function
             export_dir: when fit ends, save the policy here in Hugging Face format
             export_merged: merge LoRA adapters into the exported weights (else save the adapter)
             reward: what scores sampled text, for online algorithms (``class_path:
@@ -116,6 +119,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         self.online_settings = online or OnlineSettings()
         self.value_model: torch.nn.Module | None = None
         self.value_head: torch.nn.Module | None = None
+        self.rollout_engine: RolloutEngine | None = None  # built at the first rollout (see lightning_rlhf.engine)
         self._generation_seconds, self._generated_tokens = 0.0, 0
 
     # -- models -------------------------------------------------------------------------
@@ -126,7 +130,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             self.policy = load_causal_lm(self.policy_settings, trainable=True)
             self.policy.train()
             if self.disable_dropout:
-                _disable_dropout(self.policy)
+                disable_dropout(self.policy)
             if self.algorithm.needs_reference and not self.uses_adapter_reference:
                 # A frozen submodule (requires_grad False, eval mode, not in the optimiser): a
                 # strategy shards or replicates it with the policy (see modules.sharded).
@@ -134,6 +138,9 @@ class PolicyModule(OnlineMixin, L.LightningModule):
                 self.reference_model = load_causal_lm(settings, trainable=False)
             if self.algorithm.needs_value:
                 self.configure_critic()
+                if self.disable_dropout and self.value_model is not None:
+                    # V_old (rollout) and V (update) must be the same function of the weights
+                    disable_dropout(self.value_model)
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> PolicyModule:
@@ -354,12 +361,6 @@ def _critic_from_dict(values: dict | None) -> CriticSettings | None:
     if values.get("model"):
         values["model"] = ModelSettings.from_dict(values["model"])
     return CriticSettings(**values)
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 

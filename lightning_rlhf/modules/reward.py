@@ -20,7 +20,8 @@ from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import load_tokenizer
 from lightning_rlhf.models.reward import load_reward_model, sequence_rewards
 from lightning_rlhf.modules.optim import OptimizerSettings
-from lightning_rlhf.modules.policy import _disable_dropout, export_policy
+from lightning_rlhf.models.dropout import disable_dropout
+from lightning_rlhf.modules.policy import export_policy
 from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
 from lightning_rlhf.modules.reward_metrics import RewardMetrics
 
@@ -87,7 +88,7 @@ class RewardModule(L.LightningModule):
             self.reward_model = load_reward_model(self.reward_model_settings, self.tokenizer, trainable=True)
         self.reward_model.train()
         if self.disable_dropout:
-            _disable_dropout(self.reward_model)
+            disable_dropout(self.reward_model)
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> RewardModule:

@@ -86,6 +86,11 @@ def full_weights(trainer, model: torch.nn.Module):
 def check_strategy(strategy, online: bool = False, export_dir: str | None = None) -> None:
     """Refuse, before any model is loaded, what would fail or hang later under ``strategy``
     for a module that generates (``online``) or exports when fit ends (``export_dir``)."""
+    if online and is_zero3(strategy):
+        raise ValueError(
+            "online algorithms generate with the policy, and under DeepSpeed ZeRO-3 every new token would "
+            "gather every layer's weights from all processes: use ZeRO stage 2 (or DDP with LoRA) for them"
+        )
     if not is_fsdp(strategy):
         return
     if not strategy.kwargs.get("use_orig_params", False):
