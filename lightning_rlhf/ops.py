@@ -27,6 +27,17 @@ def _token_logps(hidden: Tensor, targets: Tensor, lm_head: Callable[[Tensor], Te
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def logit_multiplier(config) -> float:
+    """What a model's forward multiplies its logits by before the softmax it samples from:
+    Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``, 1 for everything else."""
+    multiplier = 1.0
+    if isinstance(getattr(config, "logit_scale", None), (int, float)):
+        multiplier *= float(config.logit_scale)
+    if isinstance(getattr(config, "logits_scaling", None), (int, float)):
+        multiplier /= float(config.logits_scaling)
+    return multiplier
+
+
 def selective_logps(
     hidden: Tensor,
     input_ids: Tensor,

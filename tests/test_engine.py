@@ -91,3 +91,36 @@ def test_the_critic_is_built_without_dropout(tiny_tokenizer):
                           reward=FunctionReward("lightning_rlhf.testing.letter_e_reward"), critic=critic)
     module.configure_model()
     assert dropout_left(module.policy) == [] and dropout_left(module.value_model) == []
+
+
+@pytest.mark.parametrize("family", ["granite", "cohere"])
+def test_models_that_scale_their_logits_are_scored_as_sampled(tmp_path, tiny_tokenizer, family):
+    """Granite divides its logits by ``logits_scaling``, Cohere multiplies them by
+    ``logit_scale``: the trainer's log-probs are those of the model's own forward."""
+    from transformers import CohereConfig, CohereForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    from lightning_rlhf.ops import logit_multiplier, naive_logps
+    from lightning_rlhf.testing import make_batch
+
+    shape = dict(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, pad_token_id=tiny_tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    if family == "granite":
+        model = GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=4.0))
+    else:
+        model = CohereForCausalLM(CohereConfig(**shape, logit_scale=0.25))
+    assert logit_multiplier(model.config) == 0.25
+    model.save_pretrained(tmp_path / family)
+    tiny_tokenizer.save_pretrained(tmp_path / family)
+    module = PolicyModule(ModelSettings(name_or_path=str(tmp_path / family)), create_algorithm("dpo"))
+    module.configure_model()
+    batch = make_batch("preference", module.tokenizer)
+    with torch.no_grad():
+        expected = naive_logps(module.policy(input_ids=batch["input_ids"]).logits, batch["input_ids"], batch["completion_mask"])
+        for temperature in (1.0, 0.7):
+            scored = module.policy_logps(batch, temperature=temperature)
+            if temperature == 1.0:
+                torch.testing.assert_close(scored.sum(), expected.sum(-1), atol=1e-4, rtol=1e-5)
+            else:  # T applies to the scaled logits the model samples from
+                logits = module.policy(input_ids=batch["input_ids"]).logits / temperature
+                torch.testing.assert_close(scored.sum(), naive_logps(logits, batch["input_ids"], batch["completion_mask"]).sum(-1), atol=1e-4, rtol=1e-5)

@@ -10,7 +10,11 @@ the rest of ``max_length`` is left for the completion). A batch of B prompts is:
 
     prompt_ids   list of B token-id lists (BOS included), not padded
     prompts      list of B strings: the text the reward source is given with each completion
-                 (a conversational prompt as rendered by the chat template)
+                 (a conversational prompt as rendered by the policy's chat template, as a
+                 :class:`ChatPrompt` that also carries the messages)
+
+A reward model with a chat template of its own renders a :class:`ChatPrompt` from its
+messages, not from the policy's rendering (which would wrap the template twice).
 """
 
 from __future__ import annotations
@@ -25,6 +29,21 @@ from lightning_rlhf.data.tokenize import RenderError, Tokenization
 @dataclass
 class PromptExample:
     prompt: Text
+
+
+class ChatPrompt(str):
+    """A conversational prompt as the policy reads it (rendered by its chat template), with
+    the conversation it came from in ``messages``; anywhere a string goes, it is that string."""
+
+    messages: list[dict]
+
+    def __new__(cls, rendered: str, messages: list[dict]) -> ChatPrompt:
+        prompt = super().__new__(cls, rendered)
+        prompt.messages = messages
+        return prompt
+
+    def __reduce__(self):
+        return (ChatPrompt, (str(self), self.messages))
 
 
 def parse_prompt(checker: RowChecker) -> PromptExample:
@@ -64,7 +83,7 @@ class PromptDataModule(TextDataModule):
             tokenization.drop("empty prompt")
             return None
         ids = tokenization.prompt_ids(text)[-tokenization.max_prompt_length :]
-        return {"prompt_ids": ids, "prompt": text}
+        return {"prompt_ids": ids, "prompt": text if isinstance(example.prompt, str) else ChatPrompt(text, example.prompt)}
 
     def collator(self):
         return PromptCollator()

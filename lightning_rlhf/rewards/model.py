@@ -20,7 +20,8 @@ class RewardModelSource(RewardSource):
     directory with one output), scoring text with its own tokenizer.
 
     Each (prompt, completion) is rendered as training rendered it (plain concatenation;
-    with ``chat_template`` as a user turn and an assistant reply), tokenised by the
+    with ``chat_template`` as a user turn and an assistant reply, or a chat prompt's own
+    conversation followed by the reply: ``data.prompts.ChatPrompt``), tokenised by the
     reward model's tokenizer with EOS after the completion, and scored at its last
     token. So the policy being scored may use any tokenizer at all.
 
@@ -77,9 +78,10 @@ class RewardModelSource(RewardSource):
     def encode(self, prompt: str, completion: str) -> list[int]:
         """The reward model's token ids for one pair, exactly as it is scored."""
         if self.chat_template:
-            prompt_text, completion_text = self._tokenization.render(
-                [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
-            )
+            # A chat prompt arrives rendered by the policy's template: render its messages
+            # with ours instead of wrapping the rendered text a second time.
+            messages = getattr(prompt, "messages", None) or [{"role": "user", "content": prompt}]
+            prompt_text, completion_text = self._tokenization.render(messages, [{"role": "assistant", "content": completion}])
         else:
             prompt_text, completion_text = prompt, completion
         tokens = self._tokenization.truncate(
