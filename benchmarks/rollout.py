@@ -47,7 +47,7 @@ def run(spec: dict) -> dict:
     module = PolicyModule(
         ModelSettings(name_or_path=spec["model_dir"]),
         create_algorithm("ppo", max_new_tokens=spec["max_new_tokens"]),
-        reward=FunctionReward("lightning_rlhf.testing.letter_e_reward"),
+        reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
         online=OnlineSettings(generation_batch_size=spec["generation_batch"]),
     )
     module.configure_model()

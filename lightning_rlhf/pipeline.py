@@ -159,7 +159,7 @@ def check_fit(stage: Stage) -> None:
 
 
 def run_fit(stage: Stage, pipeline: Pipeline) -> str:
-    from lightning_rlhf.cli import RLHFCLI
+    from lightning_rlhf.training_cli import RLHFCLI
 
     args = ["fit", "--config", stage.options["config"], *map(str, stage.options.get("args", []))]
     RLHFCLI(args=args)

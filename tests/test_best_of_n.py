@@ -54,18 +54,18 @@ def test_evaluate_reports_best_of_n_from_the_reference(tmp_path, capsys):
     output = tmp_path / "report.json"
     argv = ["evaluate", "--policy", "builtin:tiny-llama", "--reference", "builtin:tiny-llama",
             "--prompts", str(ROOT / "recipes" / "data" / "tiny_prompts.jsonl"), "--limit", "6",
-            "--reward", "lightning_rlhf.testing.letter_e_reward", "--max-new-tokens", "12",
+            "--reward", "lightning_rlhf.rewards.rules.letter_e_reward", "--max-new-tokens", "12",
             "--best-of-n", "1,2,4,8", "--output", str(output)]
     assert main(argv) == 0
     report = json.loads(output.read_text())
     assert report["win_rate"] == 0.5 and report["kl"] == pytest.approx(0.0, abs=1e-6)  # the existing report is intact
     best = report["best_of_n"]
-    assert best["samples_per_prompt"] == 8 and best["selection_reward"] == "lightning_rlhf.testing.letter_e_reward"
+    assert best["samples_per_prompt"] == 8 and best["selection_reward"] == "lightning_rlhf.rewards.rules.letter_e_reward"
     rewards = [r["mean_reward"] for r in best["rows"]]
     # Selected and scored by the same reward over nested samples: the best of more is never worse.
     assert [r["n"] for r in best["rows"]] == [1, 2, 4, 8] and rewards == sorted(rewards) and rewards[-1] > rewards[0]
     assert [r["kl"] for r in best["rows"]] == [best_of_n_kl(n) for n in (1, 2, 4, 8)]
-    assert "best of n reference samples, selected by lightning_rlhf.testing.letter_e_reward" in capsys.readouterr().out
+    assert "best of n reference samples, selected by lightning_rlhf.rewards.rules.letter_e_reward" in capsys.readouterr().out
 
 
 def test_bad_best_of_n_is_a_usage_error(capsys):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_rlhf.cli import RLHFCLI
+from lightning_rlhf.training_cli import RLHFCLI
 
 
 def run_recipe(recipe: str, root: Path, wandb: bool = True, *overrides: str) -> RLHFCLI:

@@ -88,7 +88,7 @@ def test_the_critic_is_built_without_dropout(tiny_tokenizer):
     lora = LoraSettings(r=4, alpha=8)
     critic = CriticSettings(model=ModelSettings(name_or_path="builtin:tiny-llama", lora=lora))
     module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama", lora=lora), create_algorithm("ppo"),
-                          reward=FunctionReward("lightning_rlhf.testing.letter_e_reward"), critic=critic)
+                          reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"), critic=critic)
     module.configure_model()
     assert dropout_left(module.policy) == [] and dropout_left(module.value_model) == []
 

@@ -18,8 +18,8 @@ from lightning_rlhf.callbacks import AtomicCheckpointIO, DivergenceError, Diverg
 from lightning_rlhf.data import SFTDataModule
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.testing import make_policy_module
-from lightning_rlhf.testing_faults import KillAtStep
 from lightning_rlhf_plugins.sft import SFT
+from tests.faults import KillAtStep
 
 ROOT = Path(__file__).resolve().parents[1]
 

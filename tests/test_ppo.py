@@ -17,7 +17,7 @@ from lightning_rlhf.rewards import FunctionReward
 from lightning_rlhf.rollout import generate_rollout
 from lightning_rlhf.testing import make_batch
 
-REWARD = "lightning_rlhf.testing.letter_e_reward"  # reward = number of letters "e" in the completion
+REWARD = "lightning_rlhf.rewards.rules.letter_e_reward"  # reward = number of letters "e" in the completion
 
 
 @pytest.fixture

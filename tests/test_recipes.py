@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_rlhf.cli import RLHFCLI
+from lightning_rlhf.training_cli import RLHFCLI
 
 # recipes/pipelines holds pipeline files and recipes/rewards reward-source specs, not fit recipes.
 RECIPES = sorted(str(p) for p in Path("recipes").rglob("*.yaml") if not {"pipelines", "rewards"} & set(p.parts))

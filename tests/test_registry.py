@@ -4,7 +4,8 @@ import textwrap
 import pytest
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm, registry
-from lightning_rlhf.cli import RLHFCLI, main
+from lightning_rlhf.cli import main
+from lightning_rlhf.training_cli import RLHFCLI
 
 PLUGIN_SOURCE = textwrap.dedent(
     '''

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import pytest
 import torch
 import yaml
 
-from lightning_rlhf.cli import RLHFCLI
+from lightning_rlhf.training_cli import RLHFCLI
+from tests.faults import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {
@@ -36,7 +36,7 @@ KINDS = {
     ),
 }
 ONLINE_MODEL_ARGS = {
-    "reward": {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.testing.letter_e_reward"}},
+    "reward": {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}},
     "critic": {"share_policy_backbone": True},
 }
 
@@ -88,12 +88,12 @@ def fit_in_process(*args: str) -> RLHFCLI:
 def fit_in_subprocess(recipe: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lightning_rlhf.cli", "fit", "--config", str(recipe)],
-        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
     )
 
 
 def kill_at(step: int, signal_name: str = "SIGKILL") -> dict:
-    return {"class_path": "lightning_rlhf.testing_faults.KillAtStep", "init_args": {"step": step, "signal_name": signal_name}}
+    return {"class_path": "tests.faults.KillAtStep", "init_args": {"step": step, "signal_name": signal_name}}
 
 
 def policy_weights(cli: RLHFCLI) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_rlhf.testing import make_batch
-from lightning_rlhf.testing_reward import run_reward_algorithm
+from lightning_rlhf.testing.reward import run_reward_algorithm
 from lightning_rlhf_plugins.bradley_terry import MARGIN_PRESETS, BradleyTerry, normalize_rating
 from lightning_rlhf_plugins.ranking import Ranking
 

@@ -13,7 +13,7 @@ from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.reward_metrics import RewardMetrics
 from lightning_rlhf.rewards import RewardModelSource
 from lightning_rlhf.testing import TINY_MODEL, make_batch
-from lightning_rlhf.testing_reward import make_reward_module
+from lightning_rlhf.testing.reward import make_reward_module
 from lightning_rlhf_plugins.bradley_terry import BradleyTerry
 from lightning_rlhf_plugins.dpo import DPO
 

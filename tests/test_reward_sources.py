@@ -178,7 +178,7 @@ def test_normalize_with_reference_completions(word_level_reward_model):
 
 
 def test_chat_template_rendering(tmp_path):
-    from lightning_rlhf.testing_reward import make_reward_module
+    from lightning_rlhf.testing.reward import make_reward_module
     from lightning_rlhf_plugins.bradley_terry import BradleyTerry
 
     module = make_reward_module(BradleyTerry()).eval()

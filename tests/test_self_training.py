@@ -5,7 +5,6 @@ run killed mid-phase that resumes on the same rows and ends with the same weight
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,12 @@ import pytest
 import torch
 import yaml
 
-from lightning_rlhf.cli import RLHFCLI, main
+from lightning_rlhf.cli import main
 from lightning_rlhf.self_training import Candidate, Phase
+from lightning_rlhf.training_cli import RLHFCLI
 from lightning_rlhf_plugins.rejection_sampling import RejectionSampling
 from lightning_rlhf_plugins.rest import ReST
+from tests.faults import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,7 @@ def tiny_recipe(tmp_path: Path, algorithm: dict, epochs: int, name: str = "run",
             "init_args": {
                 "policy": {"name_or_path": "builtin:tiny-llama"},
                 "algorithm": algorithm,
-                "reward": {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.testing.letter_e_reward"}},
+                "reward": {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}},
                 "optimizer": {"learning_rate": 1e-2, "schedule": "constant"},
             },
         },
@@ -134,7 +135,7 @@ def tiny_recipe(tmp_path: Path, algorithm: dict, epochs: int, name: str = "run",
 
 def fit_in_subprocess(recipe: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lightning_rlhf.cli", "fit", "--config", str(recipe)],
-                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -195,7 +196,7 @@ def test_rejection_sampling_killed_mid_round_resumes_on_the_same_rows(tmp_path, 
     # 18 prompts, batch 6: 3 steps per round. Killed after step 5, it resumes from step 4: one batch into round 2.
     whole = RLHFCLI(args=["fit", "--config", str(tiny_recipe(tmp_path, algorithm, 2, "whole", batch_size=6))])
     assert whole.trainer.global_step == 6
-    kill = {"class_path": "lightning_rlhf.testing_faults.KillAtStep", "init_args": {"step": 5}}
+    kill = {"class_path": "tests.faults.KillAtStep", "init_args": {"step": 5}}
     killed = fit_in_subprocess(tiny_recipe(tmp_path, algorithm, 2, "killed", [kill], batch_size=6))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     checkpoint = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

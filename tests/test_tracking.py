@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from lightning_rlhf.cli import RLHFCLI
+from lightning_rlhf.training_cli import RLHFCLI
 from lightning_rlhf.tracking import read_offline_run
 from lightning_rlhf.callbacks.samples import COLUMNS
 

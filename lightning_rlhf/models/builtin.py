@@ -8,12 +8,13 @@ loaded through the same ``from_pretrained`` path as any hub id or local director
 from __future__ import annotations
 
 import functools
-import inspect
+import importlib
 import os
 import random
 import re
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,34 @@ from filelock import FileLock
 
 PREFIX = "builtin:"
 
-# name -> function(directory) that writes a transformers model + tokenizer there.
-_BUILDERS: dict[str, Callable[[Path], None]] = {}
+
+@dataclass(frozen=True)
+class Builtin:
+    """Where a built-in model's builder lives, and whether it takes a ``seed``.
+
+    The builder is named, not imported: the modules that hold builders (the toy world's
+    among them) import this one to resolve the models they build on, so importing them
+    here would make a cycle. It is imported when the model is first built.
+    """
+
+    target: str  # "package.module:function"; function(directory[, seed]) writes a transformers model + tokenizer there
+    seedable: bool = False  # True: also ``builtin:<name>-seed<N>``, built with seed=N
+
+    def build(self, directory: Path, **kwargs) -> None:
+        module, _, function = self.target.partition(":")
+        getattr(importlib.import_module(module), function)(directory, **kwargs)
 
 
-def register_builtin(name: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
-    def wrap(build: Callable[[Path], None]) -> Callable[[Path], None]:
-        _BUILDERS[name] = build
-        return build
+_BUILDERS: dict[str, Builtin] = {
+    "tiny-llama": Builtin("lightning_rlhf.models.tiny:write_tiny_llama"),
+    "toyworld-pretrained": Builtin("lightning_rlhf.toyworld.models:write_pretrained", seedable=True),
+    "toyworld": Builtin("lightning_rlhf.toyworld.models:write_sft", seedable=True),
+}
 
-    return wrap
+
+def register_builtin(name: str, target: str, seedable: bool = False) -> None:
+    """Make ``builtin:<name>`` build with the function ``target`` ("package.module:function")."""
+    _BUILDERS[name] = Builtin(target, seedable)
 
 
 def cache_root() -> Path:
@@ -41,7 +60,6 @@ def cache_root() -> Path:
 
 
 def builtin_names() -> list[str]:
-    _load_builders()
     return sorted(_BUILDERS)
 
 
@@ -58,12 +76,12 @@ def seeded(name: str, seed: int) -> str:
 def _builder(name: str, name_or_path: str) -> tuple[str, Callable[[Path], None]]:
     """The cache name (``x-seed0`` is ``x``) and the function that builds it."""
     if name in _BUILDERS:
-        return name, _BUILDERS[name]
+        return name, _BUILDERS[name].build
     match = re.fullmatch(r"(.+)-seed(\d+)", name)
-    if match and match[1] in _BUILDERS and "seed" in inspect.signature(_BUILDERS[match[1]]).parameters:
+    if match and match[1] in _BUILDERS and _BUILDERS[match[1]].seedable:
         seed = int(match[2])
-        return seeded(match[1], seed), functools.partial(_BUILDERS[match[1]], seed=seed)
-    seedable = [n for n, build in sorted(_BUILDERS.items()) if "seed" in inspect.signature(build).parameters]
+        return seeded(match[1], seed), functools.partial(_BUILDERS[match[1]].build, seed=seed)
+    seedable = [n for n, builtin in sorted(_BUILDERS.items()) if builtin.seedable]
     raise ValueError(
         f"unknown built-in model {name_or_path!r}; built-in models are: "
         + ", ".join(PREFIX + n for n in sorted(_BUILDERS))
@@ -77,7 +95,6 @@ def resolve(name_or_path: str) -> str:
     if not is_builtin(name_or_path):
         return name_or_path
     name = name_or_path[len(PREFIX) :]
-    _load_builders()
     name, build = _builder(name, name_or_path)
     directory = cache_root() / "models" / name
     done = directory / ".complete"
@@ -103,13 +120,3 @@ def _caller_rng_preserved():
         yield
     random.setstate(python_state)
     np.random.set_state(numpy_state)
-
-
-def _load_builders() -> None:
-    # Importing these modules runs their @register_builtin decorators.
-    from lightning_rlhf.models import tiny  # noqa: F401
-
-    try:
-        from lightning_rlhf.toyworld import models as _toyworld  # noqa: F401
-    except ImportError:
-        pass

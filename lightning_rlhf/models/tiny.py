@@ -12,8 +12,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lightning_rlhf.models.builtin import register_builtin
-
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"]
 
 # A ChatML-like template: each turn is "<|role|>content<|eos|>"; the generation prompt
@@ -73,8 +71,8 @@ def build_tiny_llama(
     return LlamaForCausalLM(config)
 
 
-@register_builtin("tiny-llama")
-def _write_tiny_llama(directory: Path) -> None:
+def write_tiny_llama(directory: Path) -> None:
+    """``builtin:tiny-llama`` (see ``lightning_rlhf.models.builtin``)."""
     tokenizer = build_byte_tokenizer()
     model = build_tiny_llama(tokenizer)
     model.save_pretrained(directory)

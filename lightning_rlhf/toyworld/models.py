@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lightning_rlhf.models.builtin import register_builtin, resolve, seeded
+from lightning_rlhf.models.builtin import resolve, seeded
 from lightning_rlhf.toyworld.corpus import pretraining_texts, sft_pairs
 from lightning_rlhf.toyworld.tokenizer import build_tokenizer
 
@@ -260,14 +260,13 @@ def build_world(directory: str | Path, config: WorldConfig = WorldConfig()) -> t
     return pretrained, sft
 
 
+# ``builtin:toyworld-pretrained`` and ``builtin:toyworld`` (named in lightning_rlhf.models.builtin).
 # ``builtin:toyworld-seed<N>``: the same world drawn from another seed (corpus, tokenizer,
 # initialisation, batch order), so that a result can be repeated over builds of the world
 # and not only over what is trained on one build.
-@register_builtin("toyworld-pretrained")
-def _write_pretrained(directory: Path, seed: int = 0) -> None:
+def write_pretrained(directory: Path, seed: int = 0) -> None:
     build_pretrained_model(directory, WorldConfig(seed=seed))
 
 
-@register_builtin("toyworld")
-def _write_sft(directory: Path, seed: int = 0) -> None:
+def write_sft(directory: Path, seed: int = 0) -> None:
     build_sft_model(directory, resolve(seeded("builtin:toyworld-pretrained", seed)), WorldConfig(seed=seed))

@@ -1,14 +1,16 @@
-"""Faults on purpose, for tests of resuming and guarding (and for trying your own setup).
+"""Faults on purpose, for tests of resuming and guarding.
 
 ``KillAtStep`` ends the process the way a crash or a scheduler does, at a chosen
-optimizer step, from a recipe (``trainer.callbacks``), so the kill happens in a real
-``lightning-rlhf fit`` process.
+optimizer step, from a recipe (``trainer.callbacks``, ``class_path: tests.faults.KillAtStep``),
+so the kill happens in a real ``lightning-rlhf fit`` process; run that process with
+:func:`subprocess_env` so that it finds this module.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -33,3 +35,11 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment, with the repository root on ``PYTHONPATH``: a recipe's
+    ``tests.faults.KillAtStep`` then imports in a child process started from any folder."""
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

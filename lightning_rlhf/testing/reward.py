@@ -1,4 +1,4 @@
-"""The reward stage's half of the plugin contract test (see ``lightning_rlhf.testing``).
+"""The reward stage's half of the plugin contract test (see ``lightning_rlhf.testing.contract``).
 
 ``check_algorithm`` calls :func:`run_reward_algorithm` for plugins whose ``stage`` is
 ``"reward"``: it builds a :class:`~lightning_rlhf.RewardModule` on the tiny built-in
@@ -8,7 +8,7 @@ model and runs the plugin's loss on a small batch of its data kind.
 from __future__ import annotations
 
 from lightning_rlhf.algorithm import Algorithm, LossOutput
-from lightning_rlhf.testing import TINY_MODEL, make_batch
+from lightning_rlhf.testing.samples import TINY_MODEL, make_batch
 
 
 def make_reward_module(algorithm: Algorithm, model: str = TINY_MODEL, **kwargs):

@@ -10,7 +10,9 @@ import math
 import torch
 
 from lightning_rlhf.algorithm import LossOutput
+from lightning_rlhf.rewards.rules import letter_e_reward
 from lightning_rlhf.self_training import Candidate, SelfTrainingAlgorithm
+from lightning_rlhf.testing.samples import SAMPLE_ROWS, make_batch, make_policy_module
 
 
 def sample_prompts(tokenizer) -> list[dict]:
@@ -18,7 +20,6 @@ def sample_prompts(tokenizer) -> list[dict]:
     from lightning_rlhf.data.formats import RowChecker
     from lightning_rlhf.data.prompts import PromptDataModule
     from lightning_rlhf.data.tokenize import Tokenization
-    from lightning_rlhf.testing import SAMPLE_ROWS
 
     module, tokenization = PromptDataModule(path="<sample>", max_length=64), Tokenization(tokenizer, 64)
     rows = [module.encode(module.parse(RowChecker("<sample>", i + 1, r)), tokenization) for i, r in enumerate(SAMPLE_ROWS["prompt"])]
@@ -27,11 +28,10 @@ def sample_prompts(tokenizer) -> list[dict]:
 
 def run_self_training_algorithm(algorithm: SelfTrainingAlgorithm) -> tuple[torch.nn.Module, LossOutput]:
     from lightning_rlhf.rewards import FunctionReward
-    from lightning_rlhf.testing import SAMPLE_ROWS, letter_e_reward, make_batch, make_policy_module
 
     name = type(algorithm).__name__
     before = algorithm.state_dict()
-    module = make_policy_module(algorithm, reward=FunctionReward("lightning_rlhf.testing.letter_e_reward"))
+    module = make_policy_module(algorithm, reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))
     phases = algorithm.phases()
     assert phases and phases[0].grow, f"{name}: the first phase must grow (there is nothing to select from yet)"
     assert [p.index for p in phases] == list(range(len(phases))), f"{name}: phases must be indexed 0, 1, ..."
