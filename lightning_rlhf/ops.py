@@ -112,9 +112,23 @@ def masked_var(values: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """Normalise to unit variance (and zero mean if ``shift_mean``) over masked entries."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+# Sums a tensor over the processes of a data-parallel run (every process calls it).
+SumOverProcesses = Callable[[Tensor], Tensor]
+
+
+def masked_whiten(
+    values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, sum_over_processes: SumOverProcesses | None = None
+) -> Tensor:
+    """Normalise to unit variance (and zero mean if ``shift_mean``) over masked entries;
+    with ``sum_over_processes``, over the masked entries of every process, so that a
+    data-parallel run whitens as one process holding the whole batch would."""
+    if sum_over_processes is not None:
+        m = mask.to(values.dtype)
+        total, count = sum_over_processes(torch.stack([(values * m).sum(), m.sum()]))
+        mean = total / count.clamp(min=1)
+        var = sum_over_processes(((values - mean) ** 2 * m).sum()) / (count - 1).clamp(min=1)
+    else:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

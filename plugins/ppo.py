@@ -20,6 +20,7 @@ from lightning_rlhf.ops import (
     masked_mean,
     masked_sum,
     masked_whiten,
+    SumOverProcesses,
 )
 from lightning_rlhf.rollout import penalise_missing_eos
 
@@ -31,9 +32,16 @@ class RunningMoments:
     def __init__(self):
         self.mean, self.var, self.count = 0.0, 1.0, 0
 
-    def update(self, values: torch.Tensor) -> None:
+    def update(self, values: torch.Tensor, sum_over_processes: SumOverProcesses | None = None) -> None:
+        """Fold in a batch of values; with ``sum_over_processes``, every process's batch, so
+        that each process keeps the same moments."""
         values = values.double()
-        n, mean, var = values.numel(), values.mean().item(), values.var(unbiased=False).item()
+        if sum_over_processes is None:
+            n, mean, var = values.numel(), values.mean().item(), values.var(unbiased=False).item()
+        else:
+            total, count = sum_over_processes(torch.stack([values.sum(), values.new_tensor(values.numel())])).tolist()
+            n, mean = int(count), total / count
+            var = sum_over_processes(((values - mean) ** 2).sum()).item() / count
         total = self.count + n
         delta = mean - self.mean
         m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
@@ -42,6 +50,14 @@ class RunningMoments:
     @property
     def std(self) -> float:
         return math.sqrt(max(self.var, 1e-12))
+
+
+def rollout_mean(values: torch.Tensor, sum_over_processes: SumOverProcesses | None = None) -> tuple[torch.Tensor, int]:
+    """The mean of ``values`` over the whole rollout (every process's rows), and its row count."""
+    if sum_over_processes is None:
+        return values.mean(), values.numel()
+    total, count = sum_over_processes(torch.stack([values.sum(), values.new_tensor(values.numel())]))
+    return total / count, int(count)
 
 
 @register_algorithm("ppo")
@@ -138,6 +154,7 @@ class PPO(OnlineAlgorithm):
             AdaptiveKLController(kl_coef, kl_target, kl_horizon) if kl_target is not None else KLController(kl_coef)
         )
         self.score_moments = RunningMoments()
+        self._rollout_samples = 0  # rows of the last rollout over every process, for the KL controller
 
     # -- rollout ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -148,6 +165,8 @@ class PPO(OnlineAlgorithm):
         raw_scores = ctx.reward(prompts["prompts"], sampled.completions)
         scores = penalise_missing_eos(raw_scores, sampled.finished, self.missing_eos_penalty)
 
+        # Statistics of the whole rollout, over every process of a data-parallel run.
+        across = getattr(ctx, "sum_over_processes", None)
         old = ctx.policy_logps(batch, temperature=self.temperature, entropy=True)
         reference = ctx.reference_logps(batch, temperature=self.temperature)
         values = ctx.values(batch)
@@ -155,17 +174,18 @@ class PPO(OnlineAlgorithm):
         kl = kl_estimate(old.token_logps, reference.token_logps, self.kl_estimator) * mask  # [N, T-1]
         beta = self.kl_controller.beta
 
-        shaped = self._shape_scores(scores, update=getattr(ctx, "training", True))
+        shaped = self._shape_scores(scores, update=getattr(ctx, "training", True), sum_over_processes=across)
         rewards = -beta * kl
         last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # final token's column
         rewards[torch.arange(len(last), device=mask.device), last] += shaped
         if self.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, sum_over_processes=across)
         advantages, returns = generalized_advantages(rewards, values, mask, self.gamma, self.lam)
         if self.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, sum_over_processes=across)
 
         sequence_kl = kl.sum(-1)
+        mean_kl, self._rollout_samples = rollout_mean(sequence_kl, across)
         tensors = {
             **batch,
             "old_logps": old.token_logps,
@@ -178,7 +198,7 @@ class PPO(OnlineAlgorithm):
         del tensors["logp_index"]
         lengths = sampled.lengths.float()
         metrics = {
-            "objective/kl": sequence_kl.mean(),
+            "objective/kl": mean_kl,  # the whole rollout's, the adaptive controller's input
             "objective/kl_coef": torch.tensor(beta),
             "objective/entropy": masked_mean(old.entropy, mask),
             "objective/scores": raw_scores.mean(),
@@ -190,10 +210,10 @@ class PPO(OnlineAlgorithm):
         }
         return Experience(tensors, list(prompts["prompts"]), sampled.completions, scores, {k: v.detach().float() for k, v in metrics.items()})
 
-    def _shape_scores(self, scores: torch.Tensor, update: bool = True) -> torch.Tensor:
+    def _shape_scores(self, scores: torch.Tensor, update: bool = True, sum_over_processes: SumOverProcesses | None = None) -> torch.Tensor:
         if self.normalize_scores:
             if update:  # validation rollouts do not move the statistics
-                self.score_moments.update(scores)
+                self.score_moments.update(scores, sum_over_processes)
             scores = (scores - self.score_moments.mean) / self.score_moments.std
         if self.score_clip is not None:
             scores = scores.clamp(-self.score_clip, self.score_clip)
@@ -238,7 +258,7 @@ class PPO(OnlineAlgorithm):
 
     def after_updates(self, experience: Experience) -> None:
         # Ziegler et al. update beta once per batch with the batch's KL (per sequence).
-        self.kl_controller.update(float(experience.metrics["objective/kl"]), len(experience))
+        self.kl_controller.update(float(experience.metrics["objective/kl"]), self._rollout_samples)
 
     def state_dict(self) -> dict:
         return {"kl_controller": self.kl_controller.state_dict(), "score_moments": vars(self.score_moments).copy()}

@@ -14,6 +14,7 @@ from lightning_rlhf.modules.online import OnlineSettings, split_micro_batches
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.rewards import FunctionReward
+from lightning_rlhf.engine import HFEngine, SamplingSettings
 from lightning_rlhf.rollout import generate_rollout
 from lightning_rlhf.testing import make_batch
 
@@ -145,7 +146,8 @@ def test_ppo_raises_a_hand_written_reward(tmp_path, one_thread):
         data.tokenizer = module.tokenizer
         prompt_ids = [row["prompt_ids"] for row in data.load(str(path))] * 4
         torch.manual_seed(123)
-        rollout = generate_rollout(module.policy, module.tokenizer, prompt_ids, max_new_tokens=8)
+        engine = HFEngine(module.policy, module.tokenizer, batch_size=64)
+        rollout = generate_rollout(engine, module.tokenizer, prompt_ids, SamplingSettings(max_new_tokens=8), module.device)
         return sum(c.count("e") for c in rollout.completions) / len(rollout.completions)
 
     before = mean_reward()

@@ -194,6 +194,30 @@ def test_chat_template_rendering(tmp_path):
     torch.testing.assert_close(source(["Hi"], ["Hello there!"]), direct, atol=1e-5, rtol=1e-5)
 
 
+def test_a_chat_prompt_reaches_a_chat_reward_model_templated_once(tmp_path, tiny_tokenizer):
+    """A conversational prompt row is rendered by the policy's template for the policy; the
+    reward model renders the conversation with its own, not the rendered text again."""
+    import pickle
+
+    from lightning_rlhf.data.prompts import ChatPrompt, PromptDataModule
+    from lightning_rlhf.testing.reward import make_reward_module
+    from lightning_rlhf_plugins.bradley_terry import BradleyTerry
+
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text('{"prompt": [{"role": "user", "content": "Hi"}]}\n')
+    data = PromptDataModule(path=str(rows))
+    data.tokenizer = tiny_tokenizer
+    data.setup("fit")
+    prompt = data.collator()(data.train_rows)["prompts"][0]
+    assert isinstance(prompt, ChatPrompt) and prompt == "<|user|>Hi<|eos|><|assistant|>"
+    assert pickle.loads(pickle.dumps(prompt)).messages == prompt.messages  # data-loader workers
+    make_reward_module(BradleyTerry()).save_pretrained(tmp_path / "rm")
+    source = RewardModelSource(str(tmp_path / "rm"), chat_template=True, device="cpu")
+    scored = tiny_tokenizer.decode(source.encode(prompt, "Hello there!"))
+    assert scored == "<|user|>Hi<|eos|><|assistant|>Hello there!<|eos|>"
+    assert source.encode(prompt, "Hello there!") == source.encode("Hi", "Hello there!")
+
+
 # -- specs and the score command ------------------------------------------------------------
 def test_load_reward_source_shorthands(tmp_path, word_level_reward_model):
     directory, _, _ = word_level_reward_model

@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,15 @@ class OnlineMixin:
         self._generation_seconds += time.perf_counter() - start
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
+
+    @property
+    def sum_over_processes(self) -> Callable[[Tensor], Tensor] | None:
+        """Sums a tensor over the processes of a data-parallel run, for statistics of the whole
+        rollout (whitening, score moments, the KL controller's input); None with one process."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return lambda tensor: trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     def reward(self, prompts: list[str], completions: list[str]) -> Tensor:
         """Scores of the text from the module's reward source, ``[N]`` on the module's device."""

@@ -1,0 +1,75 @@
+"""PPO's rollout statistics under data parallelism: whitening, score moments and the KL
+controller's input computed over every process's rows, so that 2 processes (gloo, real)
+holding halves of a rollout get what one process holding all of it gets."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_rlhf.ops import masked_whiten
+from lightning_rlhf_plugins.ppo import RunningMoments, rollout_mean
+
+
+def rollout() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Advantages [8, 6] with ragged masks, scores [8] and per-sequence KLs [8]: two halves
+    of unequal token counts, so a mean of per-process means would be wrong."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(8, 6, generator=generator) * 3 + 1
+    lengths = torch.tensor([6, 1, 2, 6, 5, 6, 6, 3])
+    mask = torch.arange(6) < lengths[:, None]
+    scores = torch.randn(8, generator=generator) * 2 - 0.5
+    kl = torch.rand(8, generator=generator) * 4
+    return values, mask, scores, kl
+
+
+def statistics(values, mask, scores, kl, sum_over_processes=None) -> dict:
+    moments = RunningMoments()
+    moments.update(scores[:2] if sum_over_processes is None else scores[:1], sum_over_processes)  # two updates
+    moments.update(scores[2:] if sum_over_processes is None else scores[1:], sum_over_processes)
+    mean_kl, samples = rollout_mean(kl, sum_over_processes)
+    return {
+        "whitened": masked_whiten(values, mask, sum_over_processes=sum_over_processes).tolist(),
+        "whitened_no_shift": masked_whiten(values, mask, shift_mean=False, sum_over_processes=sum_over_processes).tolist(),
+        "moments": [moments.mean, moments.var, moments.count],
+        "kl": [float(mean_kl), samples],
+    }
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+
+    def sum_over_processes(tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    values, mask, scores, kl = (t[rank * 4 : (rank + 1) * 4] for t in rollout())
+    # rank 0 holds scores 0..3, rank 1 scores 4..7; each update takes 1 then 3 of them
+    result = statistics(values, mask, scores, kl, sum_over_processes)
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo file init")
+def test_two_processes_get_the_statistics_of_the_whole_rollout(tmp_path):
+    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    values, mask, scores, kl = rollout()
+    one = statistics(values, mask, scores, kl)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for key in ("whitened", "whitened_no_shift"):
+        together = torch.tensor(ranks[0][key] + ranks[1][key])
+        torch.testing.assert_close(together, torch.tensor(one[key]), atol=1e-5, rtol=1e-5)
+        local = torch.cat([masked_whiten(values[:4], mask[:4]), masked_whiten(values[4:], mask[4:])])
+        assert not torch.allclose(local, torch.tensor(one[key]), atol=1e-3)  # per-process whitening differs
+    for rank in ranks:
+        # each process folds in 2 + 6 scores over two updates: the same as one process's 2 + 6
+        assert rank["moments"][2] == one["moments"][2] == 8
+        assert rank["moments"][:2] == pytest.approx(one["moments"][:2], rel=1e-9)
+        assert rank["kl"] == pytest.approx(one["kl"], rel=1e-6)
