@@ -147,7 +147,7 @@ def label_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--policy", required=True, help="model id, directory, or builtin:<name> (e.g. builtin:toyworld)")
     parser.add_argument("--prompts", required=True, help='rows file with a "prompt" field (JSONL/JSON/Parquet/CSV)')
-    parser.add_argument("--reward", default="gold", help=f"reward source: {SHORTHANDS}")
+    parser.add_argument("--reward", required=True, help=f"reward source: {SHORTHANDS} (`gold` is the toy world's sentiment scorer)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--k", type=int, default=4, help="completions sampled per prompt (>= 2)")
     parser.add_argument("--mode", choices=MODES, default="best-worst", help="pairs or K-wise rankings")
@@ -173,6 +173,7 @@ def label_command(argv: list[str]) -> int:
     samples = sample(
         model, tokenizer, prompts, n=args.k, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+        progress=f"label: {args.k} samples x {len(prompts)} prompts",
     )
     completions = [[s.text for s in group] for group in samples]
     flat_scores = reward([p for p, group in zip(prompts, completions) for _ in group], [c for g in completions for c in g]).tolist()

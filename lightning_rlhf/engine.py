@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     GenerationConfig,
     LogitsProcessor,
@@ -113,10 +114,15 @@ class HFEngine:
     """Hugging Face ``generate`` on the live model: KV cache on, prompts left-padded, only
     the chosen token ids kept (never a ``[batch, time, vocab]`` tensor)."""
 
-    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32):
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32, progress: str | None = None):
+        """
+        Args:
+            progress: show a progress bar over the batches, with this description (commands
+                that sample for minutes: ``label``, ``evaluate``); None: none (rollouts)
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
 
     def weights_changed(self) -> None:
         return  # the live module is what it samples from
@@ -144,7 +150,10 @@ class HFEngine:
         flat: list[Sample] = []
         try:
             with _random_stream(seed, device), neutral_generation_config(model):
-                for start in range(0, len(expanded), self.batch_size):
+                starts = range(0, len(expanded), self.batch_size)
+                if self.progress is not None:
+                    starts = tqdm(starts, desc=self.progress, unit="batch", mininterval=2.0, dynamic_ncols=True)
+                for start in starts:
                     rows = expanded[start : start + self.batch_size]
                     input_ids, attention_mask = left_pad(rows, pad_id)
                     recorder = SampledTokenLogps() if return_logps else None

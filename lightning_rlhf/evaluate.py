@@ -75,8 +75,9 @@ def evaluate_models(
     from lightning_rlhf.generation import sample, sequence_logps
 
     settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    policy_samples = [s for group in sample(policy, policy_tokenizer, prompts, **settings) for s in group]
-    reference_samples = [s for group in sample(reference, reference_tokenizer, prompts, **settings) for s in group]
+    policy_samples = [s for group in sample(policy, policy_tokenizer, prompts, **settings, progress="evaluate: policy") for s in group]
+    reference_samples = [s for group in sample(reference, reference_tokenizer, prompts, **settings, progress="evaluate: reference")
+                         for s in group]
     sample_prompts = [p for p in prompts for _ in range(samples)]
     policy_scores = reward(sample_prompts, [s.text for s in policy_samples]).tolist()
     reference_scores = reward(sample_prompts, [s.text for s in reference_samples]).tolist()
@@ -136,7 +137,7 @@ def evaluate_best_of_n(model, tokenizer, prompts: list[str], reward, selection_r
 
     started = time.perf_counter()
     n_max = max(ns)
-    texts = [s.text for group in sample(model, tokenizer, prompts, **{**settings, "n": n_max}) for s in group]
+    texts = [s.text for group in sample(model, tokenizer, prompts, **{**settings, "n": n_max}, progress=f"best-of-{n_max}: reference") for s in group]
     pool_prompts = [p for p in prompts for _ in range(n_max)]
     evaluation = scores_matrix(reward(pool_prompts, texts).tolist(), len(prompts))
     selection = evaluation if selection_reward is reward else scores_matrix(selection_reward(pool_prompts, texts).tolist(), len(prompts))
@@ -214,7 +215,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", required=True, help="model id, directory, or builtin:<name>")
     parser.add_argument("--reference", required=True, help="model to compare against (usually the SFT model)")
     parser.add_argument("--prompts", required=True, help='rows file with a "prompt" field')
-    parser.add_argument("--reward", default="gold", help=f"reward source: {SHORTHANDS}")
+    parser.add_argument("--reward", required=True, help=f"reward source: {SHORTHANDS} (`gold` is the toy world's sentiment scorer)")
     parser.add_argument("--samples", type=int, default=1, help="completions per prompt and model")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("--output", default=None, help="write the report as JSON here")

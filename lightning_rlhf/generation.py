@@ -41,6 +41,7 @@ def sample(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     seed: int | None = 0,
+    progress: str | None = None,
 ) -> list[list[Sample]]:
     """``n`` completions for each prompt (text); ``result[i][j]`` is prompt i's j-th sample.
 
@@ -48,10 +49,11 @@ def sample(
     greedily; no top-k, nothing from the checkpoint's generation config, so at temperature
     1 and top_p 1 the samples follow the model whose log-probabilities the trainer
     computes. ``seed`` seeds a private random stream (the caller's is untouched), so the
-    same seed, model, prompts and ``batch_size`` give the same samples.
+    same seed, model, prompts and ``batch_size`` give the same samples. ``progress``: a
+    progress bar with this description.
     """
     settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    engine = HFEngine(model, tokenizer, batch_size)
+    engine = HFEngine(model, tokenizer, batch_size, progress=progress)
     return engine.generate(encode_prompts(tokenizer, prompts), n, settings, seed=seed)
 
 

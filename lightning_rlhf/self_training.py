@@ -190,7 +190,9 @@ class SelfTrainingAlgorithm(Algorithm):
                 finished += rollout.finished.tolist()
         rewards = ctx.reward([row["prompt"] for row, _ in jobs], texts).float().cpu().tolist() if jobs else []
         return [
-            Candidate(row["prompt_index"], row["prompt"], text, float(reward), bool(done), phase.name, k)
+            # str(): a ChatPrompt's messages were for the reward source; candidates go into
+            # checkpoints, which hold plain data only
+            Candidate(row["prompt_index"], str(row["prompt"]), text, float(reward), bool(done), phase.name, k)
             for (row, k), text, reward, done in zip(jobs, texts, rewards, finished, strict=True)
         ]
 

@@ -69,7 +69,9 @@ def test_label_command_end_to_end(tmp_path, tiny_tokenizer, capsys):
     assert label_command(["--policy", "builtin:tiny-llama", "--prompts", str(prompts), "--k", "3",
                           "--reward", "test_collect.count_vowels", "--output", str(out),
                           "--max-new-tokens", "6"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "label: 3 samples x 3 prompts" in captured.err  # a progress bar while it samples
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["prompts"] == 3 and summary["rows"] == len(written)
     assert summary["rows"] + summary["skipped_ties"] + summary["skipped_small_gap"] == 3
@@ -83,4 +85,14 @@ def test_prompt_file_errors_name_the_row(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     with pytest.raises(DataError, match="row 2"):
-        label_command(["--policy", "builtin:tiny-llama", "--prompts", str(path), "--output", str(tmp_path / "o.jsonl")])
+        label_command(["--policy", "builtin:tiny-llama", "--prompts", str(path), "--reward", "gold", "--output", str(tmp_path / "o.jsonl")])
+
+
+def test_label_and_evaluate_need_a_reward(tmp_path, capsys):
+    """No default: `gold` scores the toy world's sentiment, which says nothing of a real model."""
+    from lightning_rlhf.cli import main
+
+    for command in (["label", "--output", "o.jsonl"], ["evaluate", "--reference", "builtin:tiny-llama"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--policy", "builtin:tiny-llama", "--prompts", "p.jsonl"])
+        assert exit_.value.code == 2 and "the following arguments are required: --reward" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from lightning_rlhf.pipeline import (
     summarize_evaluations,
 )
 
-GOOD_LABEL = {"policy": "builtin:tiny-llama", "prompts": "{output_dir}/p.jsonl", "output": "{output_dir}/pairs.jsonl"}
+GOOD_LABEL = {"policy": "builtin:tiny-llama", "prompts": "{output_dir}/p.jsonl", "reward": "gold", "output": "{output_dir}/pairs.jsonl"}
 
 
 def test_the_toy_pipeline_parses_and_checks():
@@ -43,7 +43,7 @@ def test_unknown_stage_names_the_stage_and_lists_the_valid_ones():
         ([{"build": {"model": "x"}, "fit": {}}], r"stage 1 must be a one-key mapping"),
         ([], r"'stages' must be a non-empty list"),
         ([{"label": {**GOOD_LABEL, "k": "{seed}x"}}], r"stage 1 \(label\): argument --k: invalid int value: '0x'"),
-        ([{"evaluate": {"policy": "p", "reference": "r", "prompts": "p.jsonl", "seed": "{seed}", "output": "{output_dir}/evaluation.json"}}],
+        ([{"evaluate": {"policy": "p", "reference": "r", "prompts": "p.jsonl", "reward": "gold", "seed": "{seed}", "output": "{output_dir}/evaluation.json"}}],
          r"a seeded evaluation writes one report per seed"),
     ],
 )
@@ -89,7 +89,7 @@ def test_seeded_stages_repeat_per_seed_and_the_table_gives_intervals(tmp_path, m
         "stages": [
             {"toy-prompts": {"train": 1, "heldout": 1}},
             {"label": {**GOOD_LABEL, "seed": "{seed}"}},
-            {"evaluate": {"policy": "p", "reference": "r", "prompts": "p.jsonl", "seed": "{seed}",
+            {"evaluate": {"policy": "p", "reference": "r", "prompts": "p.jsonl", "reward": "gold", "seed": "{seed}",
                           "output": "{output_dir}/seed{seed}/evaluation.json", "policy_label": "DPO", "reference_label": "SFT"}},
         ],
     })

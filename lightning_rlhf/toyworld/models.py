@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lightning_rlhf.models.builtin import resolve, seeded
@@ -122,16 +123,19 @@ def train_causal_lm(
     batch_size: int,
     lr: float,
     seed: int,
+    progress: str | None = None,
 ) -> list[float]:
     """Next-token training on (input_ids, labels) examples; labels are IGNORE_INDEX where
     no loss is wanted. Batches are drawn with a seeded generator so the run repeats.
-    Returns the loss of every step."""
+    Returns the loss of every step. ``progress``: a progress bar with this description
+    (the build takes minutes on a CPU)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
     model.train()
     losses = []
-    for _ in range(steps):
+    bar = tqdm(total=steps, desc=progress, unit="step", mininterval=2.0, dynamic_ncols=True, disable=progress is None)
+    for step in range(steps):
         indices = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
         input_ids, labels = pad_batch(
             [examples[i][0] for i in indices], [examples[i][1] for i in indices], pad_id
@@ -143,6 +147,10 @@ def train_causal_lm(
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
+        bar.update()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
     model.eval()
     return losses
 
@@ -226,6 +234,7 @@ def build_pretrained_model(directory: str | Path, config: WorldConfig = WorldCon
         config.pretrain_lr,
         # Batch order differs from the fine-tuning run's, and from other seeds'.
         seed=random.Random(f"pretrain-batches-{config.seed}").getrandbits(63),
+        progress=f"toy world (seed {config.seed}): pretraining",
     )
     save_world_model(directory, model, tokenizer, config, losses)
 
@@ -246,6 +255,7 @@ def build_sft_model(
         config.sft_batch_size,
         config.sft_lr,
         seed=random.Random(f"sft-batches-{config.seed}").getrandbits(63),
+        progress=f"toy world (seed {config.seed}): SFT",
     )
     save_world_model(directory, model, tokenizer, config, losses)
 
