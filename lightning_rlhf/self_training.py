@@ -188,7 +188,8 @@ class SelfTrainingAlgorithm(Algorithm):
                 rollout = ctx.generate([row["prompt_ids"] for row, _ in piece], phase.temperature, self.top_p, self.max_new_tokens)
                 texts += rollout.completions
                 finished += rollout.finished.tolist()
-        rewards = ctx.reward([row["prompt"] for row, _ in jobs], texts).float().cpu().tolist() if jobs else []
+        columns = [row.get("columns", {}) for row, _ in jobs]
+        rewards = ctx.reward([row["prompt"] for row, _ in jobs], texts, columns).float().cpu().tolist() if jobs else []
         return [
             # str(): a ChatPrompt's messages were for the reward source; candidates go into
             # checkpoints, which hold plain data only

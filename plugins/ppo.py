@@ -162,7 +162,7 @@ class PPO(OnlineAlgorithm):
         sampled = ctx.generate(prompts["prompt_ids"], self.temperature, self.top_p, self.max_new_tokens)
         batch = {k: v for k, v in sampled.batch.items() if k != "logp_index"}
         batch["logp_index"] = sampled.batch["logp_index"]
-        raw_scores = ctx.reward(prompts["prompts"], sampled.completions)
+        raw_scores = ctx.reward(prompts["prompts"], sampled.completions, prompts.get("columns"))
         scores = penalise_missing_eos(raw_scores, sampled.finished, self.missing_eos_penalty)
 
         # Statistics of the whole rollout, over every process of a data-parallel run.

@@ -12,6 +12,8 @@ the rest of ``max_length`` is left for the completion). A batch of B prompts is:
     prompts      list of B strings: the text the reward source is given with each completion
                  (a conversational prompt as rendered by the policy's chat template, as a
                  :class:`ChatPrompt` that also carries the messages)
+    columns      list of B dicts: the row's other columns (a reference ``answer``, ``tests``,
+                 metadata), handed to reward sources that read them
 
 A reward model with a chat template of its own renders a :class:`ChatPrompt` from its
 messages, not from the policy's rendering (which would wrap the template twice).
@@ -19,7 +21,7 @@ messages, not from the policy's rendering (which would wrap the template twice).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightning_rlhf.data.formats import RowChecker, Text
 from lightning_rlhf.data.modules import TextDataModule
@@ -29,6 +31,8 @@ from lightning_rlhf.data.tokenize import RenderError, Tokenization
 @dataclass
 class PromptExample:
     prompt: Text
+    columns: dict = field(default_factory=dict)
+    """the row's other columns"""
 
 
 class ChatPrompt(str):
@@ -49,7 +53,7 @@ class ChatPrompt(str):
 def parse_prompt(checker: RowChecker) -> PromptExample:
     if not checker.has("prompt"):
         raise checker.error("prompt", f"missing; a prompt row needs 'prompt', it has {checker.columns_present}")
-    return PromptExample(checker.text("prompt"))
+    return PromptExample(checker.text("prompt"), {key: value for key, value in checker.record.items() if key != "prompt"})
 
 
 def render_prompt(tokenization: Tokenization, prompt: Text) -> str:
@@ -65,7 +69,8 @@ def render_prompt(tokenization: Tokenization, prompt: Text) -> str:
 
 class PromptCollator:
     def __call__(self, rows: list[dict]) -> dict:
-        return {"prompt_ids": [r["prompt_ids"] for r in rows], "prompts": [r["prompt"] for r in rows]}
+        return {"prompt_ids": [r["prompt_ids"] for r in rows], "prompts": [r["prompt"] for r in rows],
+                "columns": [r.get("columns", {}) for r in rows]}
 
 
 class PromptDataModule(TextDataModule):
@@ -83,7 +88,8 @@ class PromptDataModule(TextDataModule):
             tokenization.drop("empty prompt")
             return None
         ids = tokenization.prompt_ids(text)[-tokenization.max_prompt_length :]
-        return {"prompt_ids": ids, "prompt": text if isinstance(example.prompt, str) else ChatPrompt(text, example.prompt)}
+        prompt = text if isinstance(example.prompt, str) else ChatPrompt(text, example.prompt)
+        return {"prompt_ids": ids, "prompt": prompt, "columns": example.columns}
 
     def collator(self):
         return PromptCollator()

@@ -18,7 +18,7 @@ batch of prompts. The module also times generation against the whole step and lo
 What the module lends an online plugin, beside ``policy_logps``/``reference_logps``
 (both take ``temperature``; ``policy_logps`` also ``entropy=True``):
 ``generate(prompt_ids, temperature, top_p, max_new_tokens) -> Rollout``,
-``reward(prompts, completions) -> Tensor[N]`` and ``values(batch) -> Tensor[N, T-1]``.
+``reward(prompts, completions, columns=None) -> Tensor[N]`` and ``values(batch) -> Tensor[N, T-1]``.
 """
 
 from __future__ import annotations
@@ -116,11 +116,12 @@ class OnlineMixin:
             return None
         return lambda tensor: trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
-    def reward(self, prompts: list[str], completions: list[str]) -> Tensor:
-        """Scores of the text from the module's reward source, ``[N]`` on the module's device."""
+    def reward(self, prompts: list[str], completions: list[str], columns: list[dict] | None = None) -> Tensor:
+        """Scores of the text from the module's reward source, ``[N]`` on the module's device;
+        ``columns``: each prompt row's other columns, for sources that read them."""
         if self.reward_source is None:
             raise RuntimeError(f"algorithm {self.algorithm.name!r} needs a reward source: set the module's `reward`")
-        return self.reward_source(prompts, completions).to(self.device)
+        return self.reward_source(prompts, completions, columns).to(self.device)
 
     def values(self, batch: dict[str, Tensor]) -> Tensor:
         """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad when enabled)."""

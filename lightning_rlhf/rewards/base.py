@@ -1,13 +1,18 @@
 """The one interface every later stage uses to score text: a reward source.
 
 PPO, rejection sampling, preference collection and evaluation all call
-``source.score(prompts, completions)`` on *text*, so the policy and the thing that
-scores it need not share a tokenizer.
+``source(prompts, completions)`` on *text*, so the policy and the thing that scores it
+need not share a tokenizer. Online training also passes ``columns``: the prompt rows'
+other columns (a reference ``answer``, ``tests``, metadata), one dict per completion, for
+sources that read them (``reads_columns``): a function reward gets each column it names
+as a keyword argument, a list with one value per completion (as TRL's reward functions do).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -18,14 +23,22 @@ from torch import Tensor
 class RewardSource(ABC):
     """Scores (prompt, completion) pairs; higher is better."""
 
+    #: ``score`` takes ``columns=`` (the prompt rows' other columns, one dict per completion)
+    reads_columns: bool = False
+
     @abstractmethod
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """A float tensor ``[N]`` of scores, on the CPU."""
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], columns: Sequence[dict] | None = None) -> Tensor:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        scores = self.score(list(prompts), list(completions))
+        if columns is not None and len(columns) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(columns)} rows of columns")
+        if self.reads_columns:
+            scores = self.score(list(prompts), list(completions), columns=None if columns is None else list(columns))
+        else:
+            scores = self.score(list(prompts), list(completions))
         if scores.shape != (len(prompts),):
             raise ValueError(f"{type(self).__name__} returned scores of shape {tuple(scores.shape)}, expected ({len(prompts)},)")
         return scores.float()
@@ -33,7 +46,14 @@ class RewardSource(ABC):
 
 class FunctionReward(RewardSource):
     """A plain Python function, named by its dotted path (``package.module.function``), that
-    takes ``(prompts, completions)`` and returns a list of floats: rule-based rewards."""
+    takes ``(prompts, completions)`` and returns a list of floats: rule-based rewards.
+
+    A function that names other parameters (``def correct(prompts, completions, answer)``)
+    or takes ``**columns`` gets those columns of the prompt rows, each as a list with one
+    value per completion; a column a row lacks is None there. An ``async def`` function is
+    awaited."""
+
+    reads_columns = True
 
     def __init__(self, function: str):
         """
@@ -42,9 +62,30 @@ class FunctionReward(RewardSource):
         """
         self.function = function
         self._callable = import_function(function)
+        parameters = list(inspect.signature(self._callable).parameters.values())[2:]
+        self._takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+        self._named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self._required = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty]
 
-    def score(self, prompts, completions) -> Tensor:
-        return torch.as_tensor(self._callable(prompts, completions), dtype=torch.float32)
+    def score(self, prompts, completions, columns: list[dict] | None = None) -> Tensor:
+        kwargs = self._column_arguments(columns or [{} for _ in prompts])
+        result = self._callable(prompts, completions, **kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        return torch.as_tensor(result, dtype=torch.float32)
+
+    def _column_arguments(self, columns: list[dict]) -> dict[str, list]:
+        present = {key for row in columns for key in row}
+        missing = [name for name in self._required if name not in present]
+        if missing:
+            raise ValueError(f"reward function {self.function} needs the column(s) {missing}, which the prompt rows "
+                             f"do not have (they have {sorted(present) or 'no other column'})")
+        names = present if self._takes_any else present & set(self._named)
+        return {name: [row.get(name) for row in columns] for name in sorted(names)}
+
+
+async def _awaited(awaitable):
+    return await awaitable
 
 
 def import_function(path: str) -> Callable:

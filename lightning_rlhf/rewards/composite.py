@@ -29,8 +29,10 @@ class WeightedSum(RewardSource):
             raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
         self.sources, self.weights = list(sources), weights
 
-    def score(self, prompts, completions) -> Tensor:
-        return sum(w * s(prompts, completions) for w, s in zip(self.weights, self.sources, strict=True))
+    reads_columns = True  # handed on to the sources that read them
+
+    def score(self, prompts, completions, columns: list[dict] | None = None) -> Tensor:
+        return sum(w * s(prompts, completions, columns) for w, s in zip(self.weights, self.sources, strict=True))
 
 
 class SafetyGatedReward(RewardSource):
