@@ -132,6 +132,11 @@ class Experience:
     log-probs, advantages, ...) and per-sequence ones ``[N]``. ``prompts`` and
     ``completions`` are the text that was scored; ``metrics`` are the rollout's logged
     statistics (detached scalars).
+
+    ``tensors["group_index"]`` ``[N]`` (optional) says which rows share a prompt (G samples
+    of one prompt, a pair): the rows of a group are contiguous, and neither
+    :meth:`minibatch_rows` nor the module's micro-batches ever cut a group. Without it each
+    row is its own group.
     """
 
     tensors: dict[str, Tensor]
@@ -142,6 +147,29 @@ class Experience:
 
     def __len__(self) -> int:
         return self.tensors["input_ids"].shape[0]
+
+    @property
+    def group_index(self) -> Tensor:
+        """``[N]``: rows with the same value share a prompt (each row its own group by default)."""
+        groups = self.tensors.get("group_index")
+        return groups if groups is not None else torch.arange(len(self), device=self.tensors["input_ids"].device)
+
+    def minibatch_rows(self, size: int) -> list[Tensor]:
+        """One epoch of minibatches in a random order (torch's global RNG), as row indices:
+        whole groups, shuffled, packed until a minibatch holds ``size`` rows or more (so it
+        exceeds ``size`` by less than a group). With one row per group this is
+        ``randperm(N)`` cut into ``size``-row pieces."""
+        groups = torch.unique_consecutive(self.group_index.cpu(), return_counts=True)[1]
+        starts = torch.cumsum(groups, 0) - groups
+        minibatches, current = [], []
+        for group in torch.randperm(len(groups)).tolist():
+            current.extend(range(int(starts[group]), int(starts[group] + groups[group])))
+            if len(current) >= size:
+                minibatches.append(torch.tensor(current))
+                current = []
+        if current:
+            minibatches.append(torch.tensor(current))
+        return minibatches
 
     def minibatch(self, rows: Tensor | list[int]) -> dict[str, Tensor]:
         """The given rows as a training batch, trimmed of all-padding columns.
@@ -196,8 +224,12 @@ class OnlineAlgorithm(Algorithm):
         """The optimiser steps of one rollout, one minibatch each; default: one step on all of it."""
         yield experience.minibatch(list(range(len(experience))))
 
+    #: completions sampled per prompt; the module counts a rollout's rows as prompts x this
+    samples_per_prompt: int = 1
+
     def updates_per_rollout(self, rollout_size: int) -> int:
-        """How many minibatches :meth:`minibatches` yields for a rollout of this many rows."""
+        """How many minibatches :meth:`minibatches` yields for a rollout of this many sampled
+        rows (prompts x :attr:`samples_per_prompt`)."""
         return 1
 
     def after_updates(self, experience: Experience) -> None:

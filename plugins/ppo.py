@@ -221,11 +221,9 @@ class PPO(OnlineAlgorithm):
 
     # -- optimisation -------------------------------------------------------------------------
     def minibatches(self, experience: Experience):
-        n = len(experience)
         for _ in range(self.ppo_epochs):
-            order = torch.randperm(n)
-            for start in range(0, n, self.minibatch_size):
-                yield experience.minibatch(order[start : start + self.minibatch_size])
+            for rows in experience.minibatch_rows(self.minibatch_size):
+                yield experience.minibatch(rows)
 
     def updates_per_rollout(self, rollout_size: int) -> int:
         return self.ppo_epochs * math.ceil(rollout_size / self.minibatch_size)

@@ -137,8 +137,8 @@ class OnlineMixin:
         critic = self.critic_parameters()
         shared_head = self.value_head is not None
         policy_params = list(self.policy.parameters()) + (critic if shared_head else [])
-        rows = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 1)
-        updates = self.algorithm.updates_per_rollout(rows)
+        prompts = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 1)
+        updates = self.algorithm.updates_per_rollout(prompts * self.algorithm.samples_per_prompt)
         # global_step counts optimiser steps here: max_steps is already in those units.
         total = int(self.trainer.estimated_stepping_batches)
         if self.trainer.max_steps is None or self.trainer.max_steps < 0:
@@ -218,18 +218,32 @@ class OnlineMixin:
 
 
 def split_micro_batches(minibatch: dict[str, Tensor], size: int | None):
-    """Yield ``size``-row pieces of a minibatch (trimmed of padding), keeping its
-    ``loss_tokens`` and ``loss_rows``, which count the whole minibatch."""
+    """Yield pieces of about ``size`` rows of a minibatch (trimmed of padding), keeping its
+    ``loss_tokens`` and ``loss_rows``, which count the whole minibatch. A piece ends only
+    where a group ends (``group_index``: rows that share a prompt are contiguous), so it
+    may hold more than ``size`` rows, by less than a group."""
     n = minibatch["input_ids"].shape[0]
     if size is None or size >= n:
         yield minibatch
         return
-    for start in range(0, n, size):
+    for start, end in _piece_bounds(minibatch.get("group_index"), n, size):
         piece = {}
         for key, value in minibatch.items():
             if key in ("logp_index", "loss_tokens", "loss_rows"):
                 continue
-            piece[key] = value[start : start + size]
+            piece[key] = value[start:end]
         piece = trim_padding(piece)
         piece["loss_tokens"], piece["loss_rows"] = minibatch["loss_tokens"], minibatch["loss_rows"]
         yield piece
+
+
+def _piece_bounds(group_index: Tensor | None, n: int, size: int) -> list[tuple[int, int]]:
+    if group_index is None:
+        return [(start, min(start + size, n)) for start in range(0, n, size)]
+    ends = (torch.nonzero(group_index[1:] != group_index[:-1]).flatten() + 1).tolist() + [n]
+    bounds, start = [], 0
+    for end in ends:
+        if end - start >= size or end == n:
+            bounds.append((start, end))
+            start = end
+    return bounds
