@@ -109,6 +109,20 @@ def summaries_of(path: str) -> dict[str, dict]:
     return data["summaries"] if "summaries" in data else {data.get("policy_label", "policy"): data}
 
 
+def pooled_table(paths: list[str]) -> str:
+    """The README's form: a row per method, each figure the pooled mean ± rerun interval."""
+    inputs = [summaries_of(path) for path in paths]
+    rows = []
+    for method in inputs[0]:
+        figures = {}
+        for figure in FIGURES:
+            per_input = [summary[method]["figures"][figure] for summary in inputs]
+            values = [v for f in per_input for v in f["values"]]
+            figures[figure] = rerun_interval(values, rerun_size=per_input[0]["n"]).as_dict()
+        rows.append(method_row(NAMES.get(method, method), {"figures": figures}))
+    return markdown(["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"], rows)
+
+
 def pooled(paths: list[str]) -> str:
     """Per method and figure: the pooled mean ± rerun interval, and each input's mean against it."""
     inputs = [summaries_of(path) for path in paths]
@@ -145,6 +159,7 @@ def main() -> None:
         if len(args.results) < 2:
             parser.error("pooled needs two or more results files")
         print(pooled(args.results))
+        print(f"\n{pooled_table(args.results)}")
         return
     out = args.out or f"runs/tables/{args.table}"
     config = (objectives_pipeline(out, args.seeds, args.objectives) if args.table == "objectives"
