@@ -123,6 +123,38 @@ def pooled_table(paths: list[str]) -> str:
     return markdown(["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"], rows)
 
 
+def pooled_figure(paths: list[str], path: str) -> Path:
+    """Reward against KL of every method, pooled means with rerun intervals on both axes;
+    SFT as the baseline; best-of-n (when the results have it) as a curve at its analytic KL."""
+    from lightning_rlhf.plots import Point, reward_vs_kl
+
+    inputs = [summaries_of(p) for p in paths]
+    pooled_figures = {}
+    for method in inputs[0]:
+        per_input = [summary[method]["figures"] for summary in inputs]
+        pooled_figures[method] = {
+            figure: rerun_interval([v for f in per_input for v in f[figure]["values"]], rerun_size=per_input[0][figure]["n"])
+            for figure in ("kl", "policy_mean_reward", "reference_mean_reward")
+        }
+    first = next(iter(pooled_figures.values()))["reference_mean_reward"]
+    baseline = Point("SFT", 0.0, first.mean, reward_err=first.half_width)
+    points = [Point(NAMES.get(m, m).split(" (")[0], f["kl"].mean, f["policy_mean_reward"].mean, f["kl"].half_width,
+                    f["policy_mean_reward"].half_width) for m, f in pooled_figures.items() if m != "best-of-n"]
+    curve = None
+    if "best-of-n" in inputs[0]:
+        rows = [[row for report in summary["best-of-n"]["reports"] for row in [report["best_of_n"]["rows"]]] for summary in inputs]
+        ns = [row["n"] for row in rows[0][0]]
+        kls = [row["kl"] for row in rows[0][0]]
+        intervals = [rerun_interval([seed_rows[i]["mean_reward"] for per_path in rows for seed_rows in per_path], rerun_size=len(rows[0]))
+                     for i in range(len(ns))]
+        curve = (f"best-of-n from SFT (n = {', '.join(map(str, ns))})", kls, [iv.mean for iv in intervals], [iv.half_width for iv in intervals])
+    paths_note = ", ".join(sorted({json.loads(Path(p).read_text()).get("cpu_capability", "?") for p in paths}))
+    seeds = sum(next(iter(summary.values()))["figures"]["kl"]["n"] for summary in inputs)
+    return reward_vs_kl(points, path, title="Toy world: gold reward bought for KL, 200 held-out prompts",
+                        note=f"pooled over {seeds} seeds on {paths_note} kernel paths; bars: 95% interval of a 3-seed rerun's mean",
+                        curve=curve, baseline=baseline)
+
+
 def pooled(paths: list[str]) -> str:
     """Per method and figure: the pooled mean ± rerun interval, and each input's mean against it."""
     inputs = [summaries_of(path) for path in paths]
@@ -154,12 +186,15 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--best-of-n", default="2,4,8,16,32")
     parser.add_argument("--out", default=None, help="default: runs/tables/<table>")
+    parser.add_argument("--figure", default=None, help="pooled: also draw reward against KL to this PNG")
     args = parser.parse_args()
     if args.table == "pooled":
         if len(args.results) < 2:
             parser.error("pooled needs two or more results files")
         print(pooled(args.results))
         print(f"\n{pooled_table(args.results)}")
+        if args.figure:
+            print(f"\nwrote {pooled_figure(args.results, args.figure)}")
         return
     out = args.out or f"runs/tables/{args.table}"
     config = (objectives_pipeline(out, args.seeds, args.objectives) if args.table == "objectives"

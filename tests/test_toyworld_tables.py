@@ -48,3 +48,14 @@ def test_pooled_marks_a_mean_outside_the_rerun_interval(tmp_path):
     report = toyworld_tables.pooled([steady, steady, steady, far])
     kl_line = next(line for line in report.splitlines() if line.strip().startswith("kl "))
     assert "(outside)" in kl_line and report.endswith("1 input mean(s) outside the pooled rerun interval")
+
+
+def test_pooled_figure_draws_every_method(tmp_path):
+    from PIL import Image
+
+    names = list(toyworld_tables.FIGURES)
+    a = _results(tmp_path / "a.json", {name: [0.70, 0.71, 0.72] for name in names} | {"kl": [3.0, 4.0, 5.0]})
+    b = _results(tmp_path / "b.json", {name: [0.69, 0.71, 0.73] for name in names} | {"kl": [3.5, 4.5, 5.5]})
+    figure = toyworld_tables.pooled_figure([a, b], str(tmp_path / "fig.png"))
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.size == (900, 600)

@@ -1,0 +1,72 @@
+"""Figures of compared results: what each method bought (gold reward) for what it cost (KL
+to the SFT policy), each point a mean with its interval over seeds.
+
+Drawn with matplotlib's file backend (no display needed); every figure says which CPU
+kernel path its numbers came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: a CI machine has no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Point:
+    """One method: mean and interval half-width of its KL and its reward."""
+
+    label: str
+    kl: float
+    reward: float
+    kl_err: float = 0.0
+    reward_err: float = 0.0
+
+
+def reward_vs_kl(
+    points: Sequence[Point],
+    path: str | Path,
+    title: str,
+    note: str = "",
+    curve: tuple[str, Sequence[float], Sequence[float], Sequence[float]] | None = None,
+    baseline: Point | None = None,
+) -> Path:
+    """Write a reward-against-KL figure to ``path`` (PNG or SVG by suffix).
+
+    ``curve``: ``(label, kls, rewards, reward_errs)``, drawn as a line with a band (best-of-n
+    at its analytic KL); ``baseline``: the reference policy, drawn at KL 0 as a dashed line
+    across the figure with its band.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    if baseline is not None:
+        ax.axhline(baseline.reward, color="0.45", linestyle="--", linewidth=1, label=baseline.label)
+        ax.axhspan(baseline.reward - baseline.reward_err, baseline.reward + baseline.reward_err, color="0.85", alpha=0.5)
+    if curve is not None:
+        label, kls, rewards, errs = curve
+        low = [r - e for r, e in zip(rewards, errs)]
+        high = [r + e for r, e in zip(rewards, errs)]
+        ax.plot(kls, rewards, marker="s", markersize=4, color="tab:gray", label=label)
+        ax.fill_between(kls, low, high, color="tab:gray", alpha=0.2)
+    colors = plt.get_cmap("tab10")
+    for i, point in enumerate(points):
+        ax.errorbar(point.kl, point.reward, xerr=point.kl_err, yerr=point.reward_err, fmt="o", capsize=3,
+                    color=colors(i % 10), label=point.label)
+    ax.set_xlabel("KL to the SFT policy (nats per completion)")
+    ax.set_ylabel("mean gold reward")
+    ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right", ncol=2)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
