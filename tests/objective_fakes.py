@@ -28,11 +28,11 @@ class GivenLogps:
         self.reference = None if reference is None else token_logps(reference)
         self.calls = {"policy": 0, "reference": 0}
 
-    def policy_logps(self, batch):
+    def policy_logps(self, batch, **settings):
         self.calls["policy"] += 1
         return self.policy
 
-    def reference_logps(self, batch):
+    def reference_logps(self, batch, **settings):
         self.calls["reference"] += 1
         assert self.reference is not None, "a reference-free loss asked for reference log-probs"
         return SequenceLogps(self.reference.token_logps.detach(), self.reference.mask)

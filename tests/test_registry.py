@@ -128,6 +128,18 @@ def test_built_in_plugins_come_from_entry_points():
     assert all(registry.get_algorithm(n).__module__.startswith("lightning_rlhf_plugins") for n in names if n in ("dpo", "sft"))
 
 
+def test_every_shipped_plugin_file_has_an_entry_point():
+    """A plugin file without its line in pyproject.toml would be missing from a fresh install."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"][registry.ENTRY_POINT_GROUP]
+    modules = {value.split(":")[0].rpartition(".")[2] for value in declared.values()}
+    files = {path.stem for path in (root / "plugins").glob("*.py") if path.stem != "__init__"}
+    assert files == modules, f"plugin files without an entry point: {sorted(files - modules)}"
+
+
 def test_unknown_recipe_key_is_an_error(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE.format(root=tmp_path, algorithm="dpo").replace("weight: 0.5", "betta: 0.5"))

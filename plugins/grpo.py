@@ -1,0 +1,233 @@
+"""Group Relative Policy Optimization and its variants: GRPO, Dr. GRPO, DAPO, GSPO, CISPO."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
+from lightning_rlhf.ops import completion_index, masked_mean
+
+LossType = Literal["grpo", "dr_grpo", "dapo", "gspo", "cispo"]
+
+
+@register_algorithm("grpo")
+class GRPO(OnlineAlgorithm):
+    """GRPO: G samples per prompt, each scored against its group; no critic.
+
+    Rollout (no grad), per prompt x: G completions o_1..o_G at ``temperature``, rewards
+    r_1..r_G, and one advantage per completion, the same for all its tokens:
+
+        A_i = r_i - mean(r)                       (Dr. GRPO: scale_rewards false)
+        A_i = (r_i - mean(r)) / (std(r) + 1e-4)   (GRPO, Shao et al. 2024, arXiv:2402.03300, eq. 3)
+
+    Loss, with the per-token ratio rho_it = pi(o_it) / pi_old(o_it) and clip range
+    [1 - epsilon, 1 + epsilon_high]:
+
+        grpo     l_it = -min(rho_it A_i, clip(rho_it) A_i) + beta k3_it;
+                 L = mean_i ( mean_t l_it )                         (sequence mean, then batch mean)
+        dr_grpo  the same l_it; L = sum_it l_it / (N * max_new_tokens)  (Liu et al. 2025,
+                 arXiv:2503.20783: no length normalisation, no std division)
+        dapo     the same l_it, epsilon_high 0.28 by default (clip-higher); L = sum_it l_it / sum_i |o_i|
+                 (token mean over the batch); groups whose rewards are all equal are left out
+                 (dynamic sampling's filter; the batch is not refilled); ``overlong_buffer``
+                 adds the soft overlong penalty (Yu et al. 2025, arXiv:2503.14476, eq. 13)
+        gspo     s_i = exp(mean_t log rho_it) (sequence-level, length-normalised);
+                 l_i = -min(s_i A_i, clip(s_i) A_i) + beta mean_t k3_it; L = mean_i l_i
+                 (Zheng et al. 2025, arXiv:2507.18071, eq. 5-7; the paper clips sequence
+                 ratios at epsilon 3e-4 / epsilon_high 4e-4, far tighter than token ratios)
+        cispo    l_it = -sg(clip(rho_it)) A_i log pi(o_it) + beta k3_it; L = sum_it l_it / sum_i |o_i|
+                 (MiniMax 2025, arXiv:2506.13585, eq. 4: the clipped, stop-gradient ratio weighs the
+                 log-probability, so no token's gradient is cut off)
+
+    k3_it = pi_ref/pi - log(pi_ref/pi) - 1 (Schulman's estimator, as in the GRPO paper); with
+    ``beta = 0`` no reference model is loaded. Several optimiser steps per rollout
+    (``minibatch_size`` rows each, ``num_iterations`` passes) use the rollout's log-probs as
+    pi_old; a rollout used for exactly one step uses pi_old = pi (no extra forward).
+    Minibatches and micro-batches hold whole groups. ``mask_truncated_completions``
+    leaves completions cut off without EOS out of the loss.
+    """
+
+    def __init__(
+        self,
+        num_generations: int = 4,
+        loss_type: LossType = "grpo",
+        beta: float = 0.0,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        scale_rewards: bool | None = None,
+        num_iterations: int = 1,
+        minibatch_size: int | None = None,
+        mask_truncated_completions: bool = False,
+        overlong_buffer: int | None = None,
+        overlong_penalty: float = 1.0,
+        temperature: float = 1.0,
+        max_new_tokens: int = 48,
+    ):
+        """
+        Args:
+            num_generations: G, completions sampled per prompt (>= 2)
+            loss_type: grpo, dr_grpo, dapo, gspo or cispo (see the class docstring)
+            beta: weight of the k3 KL term to the reference; 0 loads no reference model
+            epsilon: lower clip range (and upper, unless ``epsilon_high`` is set)
+            epsilon_high: upper clip range; default ``epsilon``, 0.28 for dapo, 5.0 for cispo
+            scale_rewards: divide advantages by the group's std; default true, false for dr_grpo
+            num_iterations: passes over each rollout
+            minibatch_size: sampled rows per optimiser step (whole groups); default: the rollout
+            mask_truncated_completions: leave completions without EOS out of the loss
+            overlong_buffer: DAPO's soft overlong penalty over the last this many tokens of
+                ``max_new_tokens``; None: none
+            overlong_penalty: the penalty at ``max_new_tokens`` (it grows linearly over the buffer)
+            temperature: sampling temperature; log-probs are computed from logits / T
+            max_new_tokens: longest completion sampled
+        """
+        if num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 (a group needs someone to compare with), got {num_generations}")
+        if loss_type not in ("grpo", "dr_grpo", "dapo", "gspo", "cispo"):
+            raise ValueError(f"loss_type must be grpo, dr_grpo, dapo, gspo or cispo, got {loss_type!r}")
+        if beta < 0 or epsilon <= 0 or (epsilon_high is not None and epsilon_high <= 0):
+            raise ValueError("beta must be >= 0 and the clip ranges > 0")
+        if num_iterations < 1 or (minibatch_size is not None and minibatch_size < 1) or max_new_tokens < 1 or temperature <= 0:
+            raise ValueError("num_iterations, minibatch_size and max_new_tokens must be >= 1, temperature > 0")
+        if overlong_buffer is not None and not 0 < overlong_buffer < max_new_tokens:
+            raise ValueError(f"overlong_buffer must be in (0, max_new_tokens), got {overlong_buffer}")
+        self.num_generations, self.loss_type, self.beta = num_generations, loss_type, beta
+        self.epsilon, self.epsilon_high, self.scale_rewards = epsilon, epsilon_high, scale_rewards
+        self.num_iterations, self.minibatch_size = num_iterations, minibatch_size
+        self.mask_truncated_completions = mask_truncated_completions
+        self.overlong_buffer, self.overlong_penalty = overlong_buffer, overlong_penalty
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        # What the module reads: G rows per prompt, and a reference only when the KL term is on.
+        self.samples_per_prompt = num_generations
+        self.needs_reference = beta > 0
+
+    # -- the variants' settings ---------------------------------------------------------------
+    @property
+    def upper_clip(self) -> float:
+        default = {"dapo": 0.28, "cispo": 5.0}.get(self.loss_type, self.epsilon)
+        return default if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def divides_by_std(self) -> bool:
+        return self.loss_type != "dr_grpo" if self.scale_rewards is None else self.scale_rewards
+
+    # -- rollout ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, ctx, prompts) -> Experience:
+        g = self.num_generations
+        prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(g)]
+        texts = [text for text in prompts["prompts"] for _ in range(g)]
+        columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(g)]
+        sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
+        scores = ctx.reward(texts, sampled.completions, columns).float()
+        rewards = scores + overlong_penalty(sampled.lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_penalty) \
+            if self.overlong_buffer is not None else scores
+        advantages, flat_groups = group_advantages(rewards, g, self.divides_by_std)
+        keep = torch.ones_like(rewards, dtype=torch.bool)
+        if self.loss_type == "dapo":
+            keep &= ~flat_groups.repeat_interleave(g)  # all-equal groups teach nothing
+        if self.mask_truncated_completions:
+            keep &= sampled.finished
+
+        rows = keep.nonzero().flatten()
+        tensors = {k: v.index_select(0, rows) for k, v in sampled.batch.items() if k != "logp_index"}
+        batch = {**tensors, "logp_index": completion_index(tensors["completion_mask"])}
+        tensors["advantages"] = advantages.index_select(0, rows)
+        tensors["group_index"] = torch.arange(len(prompt_ids) // g, device=rows.device).repeat_interleave(g).index_select(0, rows)
+        if len(rows) and self.updates_per_rollout(len(keep)) > 1:  # pi_old differs from pi after the first step
+            tensors["old_logps"] = ctx.policy_logps(batch, temperature=self.temperature).token_logps
+        if len(rows) and self.beta > 0:
+            tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).token_logps
+        group_std = rewards.view(-1, g).std(-1)
+        metrics = {
+            "objective/scores": scores.mean(),
+            "objective/rewards": rewards.mean(),
+            "objective/reward_std_in_group": group_std.mean(),
+            "objective/zero_variance_groups": flat_groups.float().mean(),
+            "objective/kept_fraction": keep.float().mean(),
+            "objective/no_eos_fraction": (~sampled.finished).float().mean(),
+            "response_length": sampled.lengths.float().mean(),
+        }
+        kept = rows.tolist()
+        return Experience(tensors, [texts[i] for i in kept], [sampled.completions[i] for i in kept], scores.index_select(0, rows),
+                          {k: v.detach().float() for k, v in metrics.items()})
+
+    # -- optimisation -------------------------------------------------------------------------
+    def minibatches(self, experience: Experience):
+        if len(experience) == 0:  # every group was left out
+            return
+        size = self.minibatch_size or len(experience)
+        for _ in range(self.num_iterations):
+            for rows in experience.minibatch_rows(size):
+                yield experience.minibatch(rows)
+
+    def updates_per_rollout(self, rollout_size: int) -> int:
+        return self.num_iterations * math.ceil(rollout_size / (self.minibatch_size or rollout_size))
+
+    def loss(self, ctx, batch) -> LossOutput:
+        new = ctx.policy_logps(batch, temperature=self.temperature)
+        mask = new.mask.to(new.token_logps.dtype)
+        logps = new.token_logps
+        old = batch.get("old_logps", logps.detach())
+        advantages = batch["advantages"].to(logps.dtype)[:, None]  # [n, 1]: one per completion
+        log_ratio = (logps - old) * mask
+        low, high = 1 - self.epsilon, 1 + self.upper_clip
+        lengths = mask.sum(-1).clamp(min=1)
+
+        if self.loss_type == "gspo":
+            sequence_ratio = torch.exp(log_ratio.sum(-1) / lengths)  # [n]
+            a = advantages.squeeze(-1)
+            per_sequence = -torch.minimum(sequence_ratio * a, sequence_ratio.clamp(low, high) * a)
+            clipped = ((sequence_ratio < low) | (sequence_ratio > high)).float().mean()
+            token_loss = None
+        elif self.loss_type == "cispo":
+            ratio = torch.exp(log_ratio)
+            token_loss = -ratio.clamp(low, high).detach() * advantages * logps
+            clipped = masked_mean(((ratio < low) | (ratio > high)).float(), mask)
+        else:
+            ratio = torch.exp(log_ratio)
+            token_loss = -torch.minimum(ratio * advantages, ratio.clamp(low, high) * advantages)
+            clipped = masked_mean(((ratio < low) | (ratio > high)).float(), mask)
+
+        metrics = {"clip_fraction": clipped.detach()}
+        if self.beta > 0:
+            delta = (batch["ref_logps"] - logps) * mask
+            kl = (torch.exp(delta) - delta - 1) * mask  # k3, >= 0
+            metrics["kl"] = (kl.sum(-1) / lengths).mean().detach()
+            if token_loss is None:
+                per_sequence = per_sequence + self.beta * kl.sum(-1) / lengths
+            else:
+                token_loss = token_loss + self.beta * kl
+
+        # Divided by the whole minibatch's counts (loss_rows, loss_tokens), so that the
+        # module's micro-batch losses add up to the minibatch's.
+        rows = batch["loss_rows"].to(logps.dtype)
+        if token_loss is None:  # gspo
+            loss = per_sequence.sum() / rows
+        elif self.loss_type == "grpo":
+            loss = ((token_loss * mask).sum(-1) / lengths).sum() / rows
+        elif self.loss_type == "dr_grpo":
+            loss = (token_loss * mask).sum() / (rows * self.max_new_tokens)
+        else:  # dapo, cispo: the token mean over the batch
+            loss = (token_loss * mask).sum() / batch["loss_tokens"].to(logps.dtype).clamp(min=1)
+        return LossOutput(loss, metrics)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, divide_by_std: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [N], all_equal [N / G])``: each reward against its group's mean (rows of a group
+    are contiguous), divided by the group's std (+ 1e-4) when asked; and which groups'
+    rewards are all equal (their advantages are 0)."""
+    grouped = rewards.view(-1, group_size)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    std = grouped.std(-1, keepdim=True)
+    advantages = centred / (std + 1e-4) if divide_by_std else centred
+    return advantages.flatten(), (grouped.max(-1).values == grouped.min(-1).values)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment: 0 up to ``max_new_tokens - buffer`` tokens, then
+    falling linearly to ``-penalty`` at ``max_new_tokens`` (eq. 13 of Yu et al. 2025)."""
+    start = max_new_tokens - buffer
+    return -penalty * ((lengths.float() - start) / buffer).clamp(0.0, 1.0)
