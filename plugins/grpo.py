@@ -50,6 +50,12 @@ class GRPO(OnlineAlgorithm):
     leaves completions cut off without EOS out of the loss.
     """
 
+    #: the ``loss_type`` values this class accepts, and the smallest group it can learn from
+    loss_types: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
+    min_generations: int = 2
+    #: beta weighs a k3 term of the loss (GRPO); False: a k1 penalty in the reward (RLOO, REINFORCE++)
+    kl_in_loss: bool = True
+
     def __init__(
         self,
         num_generations: int = 4,
@@ -83,10 +89,10 @@ class GRPO(OnlineAlgorithm):
             temperature: sampling temperature; log-probs are computed from logits / T
             max_new_tokens: longest completion sampled
         """
-        if num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 (a group needs someone to compare with), got {num_generations}")
-        if loss_type not in ("grpo", "dr_grpo", "dapo", "gspo", "cispo"):
-            raise ValueError(f"loss_type must be grpo, dr_grpo, dapo, gspo or cispo, got {loss_type!r}")
+        if num_generations < self.min_generations:
+            raise ValueError(f"num_generations must be >= {self.min_generations} (a group needs someone to compare with), got {num_generations}")
+        if loss_type not in self.loss_types:
+            raise ValueError(f"loss_type must be one of {', '.join(self.loss_types)}, got {loss_type!r}")
         if beta < 0 or epsilon <= 0 or (epsilon_high is not None and epsilon_high <= 0):
             raise ValueError("beta must be >= 0 and the clip ranges > 0")
         if num_iterations < 1 or (minibatch_size is not None and minibatch_size < 1) or max_new_tokens < 1 or temperature <= 0:
@@ -124,7 +130,14 @@ class GRPO(OnlineAlgorithm):
         scores = ctx.reward(texts, sampled.completions, columns).float()
         rewards = scores + overlong_penalty(sampled.lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_penalty) \
             if self.overlong_buffer is not None else scores
-        advantages, flat_groups = group_advantages(rewards, g, self.divides_by_std)
+        full = sampled.batch
+        mask = full["completion_mask"][:, 1:]
+        policy_full = log_ratio = None
+        if self.beta > 0 and not self.kl_in_loss:  # the KL penalty goes into the reward
+            policy_full = ctx.policy_logps(full, temperature=self.temperature).token_logps
+            log_ratio = (policy_full - ctx.reference_logps(full, temperature=self.temperature).token_logps) * mask
+        advantages = self.advantages(rewards, mask, log_ratio, getattr(ctx, "sum_over_processes", None))
+        flat_groups = rewards.view(-1, g).max(-1).values == rewards.view(-1, g).min(-1).values
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.loss_type == "dapo":
             keep &= ~flat_groups.repeat_interleave(g)  # all-equal groups teach nothing
@@ -137,8 +150,9 @@ class GRPO(OnlineAlgorithm):
         tensors["advantages"] = advantages.index_select(0, rows)
         tensors["group_index"] = torch.arange(len(prompt_ids) // g, device=rows.device).repeat_interleave(g).index_select(0, rows)
         if len(rows) and self.updates_per_rollout(len(keep)) > 1:  # pi_old differs from pi after the first step
-            tensors["old_logps"] = ctx.policy_logps(batch, temperature=self.temperature).token_logps
-        if len(rows) and self.beta > 0:
+            tensors["old_logps"] = (policy_full.index_select(0, rows) if policy_full is not None
+                                    else ctx.policy_logps(batch, temperature=self.temperature).token_logps)
+        if len(rows) and self.beta > 0 and self.kl_in_loss:
             tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).token_logps
         group_std = rewards.view(-1, g).std(-1)
         metrics = {
@@ -150,9 +164,17 @@ class GRPO(OnlineAlgorithm):
             "objective/no_eos_fraction": (~sampled.finished).float().mean(),
             "response_length": sampled.lengths.float().mean(),
         }
+        if log_ratio is not None:
+            metrics["objective/kl"] = log_ratio.sum(-1).mean()  # k1 per completion, as in the reward
         kept = rows.tolist()
         return Experience(tensors, [texts[i] for i in kept], [sampled.completions[i] for i in kept], scores.index_select(0, rows),
                           {k: v.detach().float() for k, v in metrics.items()})
+
+    def advantages(self, rewards: torch.Tensor, mask: torch.Tensor, log_ratio: torch.Tensor | None, sum_over_processes=None) -> torch.Tensor:
+        """``[N]`` (one per completion) or ``[N, T-1]`` (per token) advantages from the rewards
+        ``[N]`` (groups of ``num_generations`` contiguous rows); ``log_ratio``: per-token
+        ``log pi - log pi_ref`` when the KL penalty goes into the reward."""
+        return group_advantages(rewards, self.num_generations, self.divides_by_std)[0]
 
     # -- optimisation -------------------------------------------------------------------------
     def minibatches(self, experience: Experience):
@@ -171,7 +193,9 @@ class GRPO(OnlineAlgorithm):
         mask = new.mask.to(new.token_logps.dtype)
         logps = new.token_logps
         old = batch.get("old_logps", logps.detach())
-        advantages = batch["advantages"].to(logps.dtype)[:, None]  # [n, 1]: one per completion
+        advantages = batch["advantages"].to(logps.dtype)
+        if advantages.ndim == 1:
+            advantages = advantages[:, None]  # one per completion, the same for all its tokens
         log_ratio = (logps - old) * mask
         low, high = 1 - self.epsilon, 1 + self.upper_clip
         lengths = mask.sum(-1).clamp(min=1)
@@ -192,7 +216,7 @@ class GRPO(OnlineAlgorithm):
             clipped = masked_mean(((ratio < low) | (ratio > high)).float(), mask)
 
         metrics = {"clip_fraction": clipped.detach()}
-        if self.beta > 0:
+        if self.beta > 0 and self.kl_in_loss:
             delta = (batch["ref_logps"] - logps) * mask
             kl = (torch.exp(delta) - delta - 1) * mask  # k3, >= 0
             metrics["kl"] = (kl.sum(-1) / lengths).mean().detach()
@@ -210,7 +234,9 @@ class GRPO(OnlineAlgorithm):
             loss = ((token_loss * mask).sum(-1) / lengths).sum() / rows
         elif self.loss_type == "dr_grpo":
             loss = (token_loss * mask).sum() / (rows * self.max_new_tokens)
-        else:  # dapo, cispo: the token mean over the batch
+        elif self.loss_type == "rloo":  # REINFORCE on the sequence: its token losses summed
+            loss = (token_loss * mask).sum() / rows
+        else:  # dapo, cispo, reinforce_pp: the token mean over the batch
             loss = (token_loss * mask).sum() / batch["loss_tokens"].to(logps.dtype).clamp(min=1)
         return LossOutput(loss, metrics)
 

@@ -124,3 +124,65 @@ def test_rollout_on_the_tiny_model_groups_rows_and_drops_flat_groups(tiny_tokeni
 
 def test_an_empty_rollout_yields_no_step():
     assert list(create_algorithm("grpo").minibatches(Experience({"input_ids": torch.zeros(0, 4, dtype=torch.long)}))) == []
+
+
+# -- RLOO and REINFORCE++: the same engine, other advantages --------------------------------
+def test_rloo_leave_one_out_advantages_by_hand():
+    """One group of k = 4: rewards [1, 2, 3, 6]. A_i = R_i - mean of the other three:
+    1 - 11/3 = -2.6667, 2 - 10/3 = -1.3333, 3 - 3 = 0, 6 - 2 = 4.
+    With beta 0.5 and summed log-ratios [0.2, 0, -0.4, 1.0]: R = [0.9, 2.0, 3.2, 5.5], mean 2.9,
+    A = 4/3 (R - 2.9) = [-2.6667, -1.2, 0.4, 3.4667]."""
+    rloo = create_algorithm("rloo", num_generations=4, beta=0.5)
+    rewards, mask = torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.ones(4, 2, dtype=torch.bool)
+    torch.testing.assert_close(rloo.advantages(rewards, mask, None), torch.tensor([-8 / 3, -4 / 3, 0.0, 4.0]))
+    log_ratio = torch.tensor([[0.2, 0.0], [0.0, 0.0], [-0.3, -0.1], [0.5, 0.5]])
+    torch.testing.assert_close(rloo.advantages(rewards, mask, log_ratio), torch.tensor([-8 / 3, -1.2, 0.4, 3.4 + 0.2 / 3]))
+    assert rloo.needs_reference and not create_algorithm("rloo", beta=0.0).needs_reference
+
+
+def test_rloo_loss_is_reinforce_on_the_sequence():
+    """At rho = 1 the loss is sum_t -A_i over the tokens, averaged over sequences:
+    (-(1.0) * 2 tokens + 0.5 * 1 token) / 2 rows = -0.75; its gradient is -A_i / rows per token."""
+    ctx = GivenLogps(POLICY)
+    out = create_algorithm("rloo").loss(ctx, batch(old_logps=torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])))
+    assert out.loss.item() == pytest.approx(-0.75, abs=1e-6)
+    out.loss.backward()
+    torch.testing.assert_close(ctx.grad, torch.tensor([[-0.5, -0.5], [0.25, 0.0]]))
+
+
+def test_reinforce_pp_token_advantages_by_hand():
+    """Scores [1, -1]; completion 0 has 3 tokens with log-ratios [0.1, 0.2, -0.1], completion 1
+    has 2 with [0.4, 0]; beta 0.5. Token rewards: [-0.05, -0.1, -0.05 + 1 + 0.1 ...] -- precisely:
+    r0 = [-0.05, -0.1, 0.05 + 1.0], r1 = [-0.2, 0 - 1.0]; returns to go G0 = [0.9, 0.95, 1.05],
+    G1 = [-1.2, -1.0]; whitened over the 5 tokens (mean 0.14, std 1.135451):
+    [0.669337, 0.713373, 0.801443], [-1.180147, -1.004006]."""
+    algorithm = create_algorithm("reinforce_pp", beta=0.5)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    log_ratio = torch.tensor([[0.1, 0.2, -0.1], [0.4, 0.0, 0.0]])
+    advantages = algorithm.advantages(torch.tensor([1.0, -1.0]), mask, log_ratio)
+    expected = torch.tensor([[0.669337, 0.713373, 0.801443], [-1.180147, -1.004006, 0.0]])
+    torch.testing.assert_close(advantages, expected, atol=1e-5, rtol=1e-5)
+    # REINFORCE++-baseline: scores [1, 3] in one group of 2 become [-1, 1] before the same steps
+    baseline = create_algorithm("reinforce_pp", num_generations=2, baseline=True, beta=0.0)
+    flat = torch.ones(2, 1, dtype=torch.bool)
+    torch.testing.assert_close(baseline.advantages(torch.tensor([1.0, 3.0]), flat, None), torch.tensor([[-0.7071], [0.7071]]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="baseline"):
+        create_algorithm("reinforce_pp", baseline=True)
+
+
+@pytest.mark.parametrize("name", ["rloo", "reinforce_pp"])
+def test_kl_in_the_reward_on_the_tiny_model(name, tiny_tokenizer):
+    """beta > 0: the rollout reads the reference once, puts the KL into the advantages, and the
+    loss needs no reference; objective/kl is logged."""
+    from lightning_rlhf.rewards import FunctionReward
+    from lightning_rlhf.testing import make_batch, make_policy_module
+
+    torch.manual_seed(0)
+    algorithm = create_algorithm(name, num_generations=2, beta=0.1, max_new_tokens=6, **({"baseline": True} if name == "reinforce_pp" else {}))
+    module = make_policy_module(algorithm, reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))
+    assert module.reference_model is not None
+    experience = algorithm.rollout(module, make_batch("prompt", module.tokenizer))
+    assert "objective/kl" in experience.metrics and "ref_logps" not in experience.tensors
+    out = algorithm.loss(module, next(iter(algorithm.minibatches(experience))))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
