@@ -3,7 +3,7 @@ uninterrupted run ends (same weights, same loss); SIGTERM saves; a crash while s
 leaves the previous checkpoint whole.
 
 Runs go through the real command (``lightning-rlhf fit``) with recipes written here:
-24 rows, batch 8 (PPO: 18 prompts, batch 6), so 3 steps per epoch, 2 epochs, a
+24 rows, batch 8 (online plugins: 18 prompts, batch 6), so 3 steps per epoch, 2 epochs, a
 checkpoint every step. The killed run gets SIGKILL right after step 5, before step 5 is saved, so it resumes from step 4:
 epoch 1, one batch in.
 """
@@ -34,11 +34,22 @@ KINDS = {
         "ppo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl",
         {"ppo_epochs": 1, "minibatch_size": 8, "max_new_tokens": 8, "kl_target": 1.0, "missing_eos_penalty": 0.0},
     ),
+    # G = 2 samples of 6 prompts per rollout, one step each; a reference for the k3 term
+    # (grpo) and for the KL in the reward (reinforce_pp)
+    "grpo": ("grpo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"num_generations": 2, "beta": 0.04, "max_new_tokens": 8}),
+    "reinforce_pp": (
+        "reinforce_pp", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl",
+        {"num_generations": 2, "baseline": True, "beta": 0.01, "max_new_tokens": 8},
+    ),
 }
-ONLINE_MODEL_ARGS = {
-    "reward": {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}},
-    "critic": {"share_policy_backbone": True},
-}
+ONLINE = ("ppo", "grpo", "reinforce_pp")
+REWARD = {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}}
+
+
+def online_model_args(kind: str) -> dict:
+    if kind not in ONLINE:
+        return {}
+    return {"reward": REWARD, **({"critic": {"share_policy_backbone": True}} if kind == "ppo" else {})}
 
 
 def write_recipe(tmp_path: Path, kind: str, root: str, callbacks: list | None = None, name: str = "recipe") -> Path:
@@ -68,12 +79,12 @@ def write_recipe(tmp_path: Path, kind: str, root: str, callbacks: list | None = 
                 "policy": {"name_or_path": "builtin:tiny-llama"},
                 "algorithm": {"class_path": algorithm, "init_args": init_args},
                 "optimizer": {"learning_rate": 1e-2, "warmup_ratio": 0.2},
-                **(ONLINE_MODEL_ARGS if kind == "ppo" else {}),
+                **online_model_args(kind),
             },
         },
         "data": {
             "class_path": data_class,
-            "init_args": {"path": str(data), "batch_size": 6 if kind == "ppo" else 8, "max_length": 48},
+            "init_args": {"path": str(data), "batch_size": 6 if kind in ONLINE else 8, "max_length": 48},
         },
     }
     path = tmp_path / f"{name}.yaml"
@@ -100,7 +111,7 @@ def policy_weights(cli: RLHFCLI) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("kind", ["sft", "dpo", "ppo"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", *ONLINE])
 def test_killed_mid_epoch_and_resumed_run_matches_uninterrupted_run(tmp_path, kind):
     whole = fit_in_process("--config", str(write_recipe(tmp_path, kind, "whole", name="whole")))
     assert whole.trainer.global_step == 6
@@ -115,7 +126,7 @@ def test_killed_mid_epoch_and_resumed_run_matches_uninterrupted_run(tmp_path, ki
     assert {"torch", "python", "numpy"} <= set(checkpoint["rng_states"])
 
     # Both spellings of --ckpt_path: "last" (found in the run's folder) and a file path.
-    ckpt_path = str(last) if kind == "ppo" else "last"
+    ckpt_path = str(last) if kind in ONLINE else "last"
     resumed = fit_in_process("--config", str(write_recipe(tmp_path, kind, "killed", name="resume")), "--ckpt_path", ckpt_path)
     assert resumed.trainer.global_step == 6
     torch.testing.assert_close(
