@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lightning_rlhf.cpu import cpu_capability
 from lightning_rlhf.pipeline import format_figure, parse_pipeline, run_pipeline, summarize_evaluations
-from lightning_rlhf.stats import mean_interval, rerun_interval
+from lightning_rlhf.stats import Interval, mean_interval, rerun_interval
 
 OBJECTIVES = ("dpo", "ipo", "simpo", "orpo", "cpl", "kto", "cpl_ranking")
 NAMES = {"kto": "kto (pairs read with `from_pairs`)", "cpl_ranking": "cpl_ranking (K = 4 rankings)"}
@@ -113,14 +113,26 @@ def pooled_table(paths: list[str]) -> str:
     """The README's form: a row per method, each figure the pooled mean ± rerun interval."""
     inputs = [summaries_of(path) for path in paths]
     rows = []
-    for method in inputs[0]:
+    for method in (m for m in inputs[0] if m != "best-of-n"):
         figures = {}
         for figure in FIGURES:
             per_input = [summary[method]["figures"][figure] for summary in inputs]
             values = [v for f in per_input for v in f["values"]]
             figures[figure] = rerun_interval(values, rerun_size=per_input[0]["n"]).as_dict()
         rows.append(method_row(NAMES.get(method, method), {"figures": figures}))
+    for n, kl, win, reward in best_of_n_rows(inputs):
+        rows.append([f"best-of-{n}", format_figure(win.as_dict(), ".1f", percent=True), f"{kl:.3f}", format_figure(reward.as_dict(), "+.3f"), "-"])
     return markdown(["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"], rows)
+
+
+def best_of_n_rows(inputs: list[dict]) -> list[tuple[int, float, Interval, Interval]]:
+    """Per n: the analytic KL and the pooled win rate and reward (rerun intervals) of best-of-n."""
+    if "best-of-n" not in inputs[0]:
+        return []
+    per_seed = [report["best_of_n"]["rows"] for summary in inputs for report in summary["best-of-n"]["reports"]]
+    seeds = len(inputs[0]["best-of-n"]["reports"])
+    return [(row["n"], row["kl"], rerun_interval([rows[i]["win_rate"] for rows in per_seed], seeds),
+             rerun_interval([rows[i]["mean_reward"] for rows in per_seed], seeds)) for i, row in enumerate(per_seed[0])]
 
 
 def pooled_figure(paths: list[str], path: str) -> Path:
@@ -141,13 +153,9 @@ def pooled_figure(paths: list[str], path: str) -> Path:
     points = [Point(NAMES.get(m, m).split(" (")[0], f["kl"].mean, f["policy_mean_reward"].mean, f["kl"].half_width,
                     f["policy_mean_reward"].half_width) for m, f in pooled_figures.items() if m != "best-of-n"]
     curve = None
-    if "best-of-n" in inputs[0]:
-        rows = [[row for report in summary["best-of-n"]["reports"] for row in [report["best_of_n"]["rows"]]] for summary in inputs]
-        ns = [row["n"] for row in rows[0][0]]
-        kls = [row["kl"] for row in rows[0][0]]
-        intervals = [rerun_interval([seed_rows[i]["mean_reward"] for per_path in rows for seed_rows in per_path], rerun_size=len(rows[0]))
-                     for i in range(len(ns))]
-        curve = (f"best-of-n from SFT (n = {', '.join(map(str, ns))})", kls, [iv.mean for iv in intervals], [iv.half_width for iv in intervals])
+    if best := best_of_n_rows(inputs):
+        curve = (f"best-of-n from SFT (n = {', '.join(str(n) for n, *_ in best)})", [kl for _, kl, _, _ in best],
+                 [reward.mean for *_, reward in best], [reward.half_width for *_, reward in best])
     paths_note = ", ".join(sorted({json.loads(Path(p).read_text()).get("cpu_capability", "?") for p in paths}))
     seeds = sum(next(iter(summary.values()))["figures"]["kl"]["n"] for summary in inputs)
     return reward_vs_kl(points, path, title="Toy world: gold reward bought for KL, 200 held-out prompts",
@@ -161,7 +169,7 @@ def pooled(paths: list[str]) -> str:
     lines = [f"pooled over {len(paths)} results ({', '.join(paths)}); "
              "interval: 95% prediction interval for the mean of a rerun with as many seeds"]
     outside = 0
-    for method in inputs[0]:
+    for method in (m for m in inputs[0] if m != "best-of-n"):  # best-of-n's own rows: pooled_table
         lines.append(f"\n{method}")
         for figure, (spec, percent) in FIGURES.items():
             per_input = [summary[method]["figures"][figure] for summary in inputs]

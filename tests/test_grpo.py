@@ -203,46 +203,32 @@ def test_each_variant_raises_a_hand_written_reward(tmp_path, name, settings):
     after the first measurement): after = grpo 2.52-4.75, dr_grpo 2.30-5.47, dapo 1.08-2.58,
     gspo 6.69-7.69, cispo 2.86-7.97, rloo 1.23-4.41, reinforce_pp 1.39-4.98; the threshold
     is +0.5."""
-    import json
-
     import lightning as L
 
     from lightning_rlhf.data import PromptDataModule
-    from lightning_rlhf.engine import HFEngine, SamplingSettings
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.online import OnlineSettings
     from lightning_rlhf.modules.optim import OptimizerSettings
     from lightning_rlhf.modules.policy import PolicyModule
     from lightning_rlhf.rewards import FunctionReward
-    from lightning_rlhf.rollout import generate_rollout
+    from tests.online_learning import mean_letter_e, write_prompts
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only contend
     try:
-        path = tmp_path / "prompts.jsonl"
-        path.write_text("".join(json.dumps({"prompt": f"Q{i}:"}) + "\n" for i in range(16)))
+        path = write_prompts(tmp_path)
         algorithm = create_algorithm(name, num_generations=4, num_iterations=2, minibatch_size=16, max_new_tokens=8, **settings)
         module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm,
                               optimizer=OptimizerSettings(learning_rate=3e-3, schedule="constant"),
                               reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
                               online=OnlineSettings(sample_table_every_n_steps=0))
         data = PromptDataModule(path=str(path), batch_size=8, max_length=32)
-
-        def mean_reward():
-            module.configure_model()
-            data.tokenizer = module.tokenizer
-            prompt_ids = [row["prompt_ids"] for row in data.load(str(path))] * 4
-            torch.manual_seed(123)
-            engine = HFEngine(module.policy, module.tokenizer, batch_size=64)
-            rollout = generate_rollout(engine, module.tokenizer, prompt_ids, SamplingSettings(max_new_tokens=8), module.device)
-            return sum(c.count("e") for c in rollout.completions) / len(rollout.completions)
-
-        before = mean_reward()
+        before = mean_letter_e(module, data, path)
         L.seed_everything(0)
         trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(module, data)
-        after = mean_reward()
+        after = mean_letter_e(module, data, path)
     finally:
         torch.set_num_threads(threads)
     assert before < 0.5 and after > before + 0.5, (before, after)

@@ -14,9 +14,8 @@ from lightning_rlhf.modules.online import OnlineSettings, split_micro_batches
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.rewards import FunctionReward
-from lightning_rlhf.engine import HFEngine, SamplingSettings
-from lightning_rlhf.rollout import generate_rollout
 from lightning_rlhf.testing import make_batch
+from tests.online_learning import mean_letter_e, write_prompts
 
 REWARD = "lightning_rlhf.rewards.rules.letter_e_reward"  # reward = number of letters "e" in the completion
 
@@ -136,26 +135,16 @@ def test_ppo_raises_a_hand_written_reward(tmp_path, one_thread):
     2.63. The learning rate is 3e-3: at 3e-2 the same runs spread from 0.0 (a collapsed
     policy) to 7.3 and one kernel path's seed landed on either side of any threshold."""
     L.seed_everything(0)
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Q{i}:"}) + "\n" for i in range(16)))
+    path = write_prompts(tmp_path)
     module = ppo_module(kl_coef=0.0, ppo_epochs=4, minibatch_size=4, learning_rate=3e-3)
     data = PromptDataModule(path=str(path), batch_size=16, max_length=32)
 
-    def mean_reward():
-        module.configure_model()
-        data.tokenizer = module.tokenizer
-        prompt_ids = [row["prompt_ids"] for row in data.load(str(path))] * 4
-        torch.manual_seed(123)
-        engine = HFEngine(module.policy, module.tokenizer, batch_size=64)
-        rollout = generate_rollout(engine, module.tokenizer, prompt_ids, SamplingSettings(max_new_tokens=8), module.device)
-        return sum(c.count("e") for c in rollout.completions) / len(rollout.completions)
-
-    before = mean_reward()
+    before = mean_letter_e(module, data, path)
     trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, data)
     assert trainer.global_step == 6 * 4 * 4  # optimiser steps: rollouts x epochs x minibatches
-    after = mean_reward()
+    after = mean_letter_e(module, data, path)
     assert before < 0.5 and after > before + 1.0, (before, after)
     logged = trainer.callback_metrics
     for key in ("train/objective/kl", "train/objective/scores", "train/loss/value", "train/policy/clipfrac",
