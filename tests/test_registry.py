@@ -2,6 +2,7 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm, registry
 from lightning_rlhf.cli import main
@@ -146,3 +147,12 @@ def test_unknown_recipe_key_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         RLHFCLI(args=["fit", "--config", str(recipe)])
     assert "betta" in capsys.readouterr().err
+
+
+def test_the_short_override_form_reaches_the_plugin(capsys):
+    """The README's `--model.algorithm.beta 0.2`, not `--model.init_args.algorithm.init_args.beta`."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "recipes/dpo/tiny.yaml", "--model.algorithm.beta", "0.27", "--print_config"])
+    assert exit_.value.code == 0
+    algorithm = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["algorithm"]
+    assert algorithm["init_args"]["beta"] == 0.27
