@@ -154,16 +154,16 @@ class GRPO(OnlineAlgorithm):
                                     else ctx.policy_logps(batch, temperature=self.temperature).token_logps)
         if len(rows) and self.beta > 0 and self.kl_in_loss:
             tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).token_logps
-        group_std = rewards.view(-1, g).std(-1)
         metrics = {
             "objective/scores": scores.mean(),
             "objective/rewards": rewards.mean(),
-            "objective/reward_std_in_group": group_std.mean(),
-            "objective/zero_variance_groups": flat_groups.float().mean(),
             "objective/kept_fraction": keep.float().mean(),
             "objective/no_eos_fraction": (~sampled.finished).float().mean(),
             "response_length": sampled.lengths.float().mean(),
         }
+        if g > 1:  # a group of one has no spread
+            metrics["objective/reward_std_in_group"] = rewards.view(-1, g).std(-1).mean()
+            metrics["objective/zero_variance_groups"] = flat_groups.float().mean()
         if log_ratio is not None:
             metrics["objective/kl"] = log_ratio.sum(-1).mean()  # k1 per completion, as in the reward
         kept = rows.tolist()

@@ -234,3 +234,17 @@ def test_each_variant_raises_a_hand_written_reward(tmp_path, name, settings):
     assert before < 0.5 and after > before + 0.5, (before, after)
     if settings.get("loss_type") != "dapo":  # dapo drops flat groups, so it may take fewer steps
         assert trainer.global_step == 6 * 2 * 2 * 2  # epochs x rollouts x passes x minibatches
+
+
+def test_reinforce_pp_with_one_sample_per_prompt_logs_finite_metrics(tiny_tokenizer):
+    """REINFORCE++ proper samples once per prompt: no group statistics, nothing NaN."""
+    from lightning_rlhf.rewards import FunctionReward
+    from lightning_rlhf.testing import make_batch, make_policy_module
+
+    torch.manual_seed(0)
+    algorithm = create_algorithm("reinforce_pp", beta=0.0, max_new_tokens=6)
+    module = make_policy_module(algorithm, reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))
+    experience = algorithm.rollout(module, make_batch("prompt", module.tokenizer))
+    assert len(experience) == 3 and "objective/zero_variance_groups" not in experience.metrics
+    assert all(torch.isfinite(v) for v in experience.metrics.values())
+    assert torch.isfinite(algorithm.loss(module, next(iter(algorithm.minibatches(experience)))).loss)
