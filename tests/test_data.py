@@ -205,8 +205,11 @@ def test_conversational_rows_need_a_chat_template(tmp_path, tiny_tokenizer):
 
 
 def test_missing_file_and_unknown_suffix(tmp_path, tiny_tokenizer):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist$"):
         setup_module_with(PreferenceDataModule, tiny_tokenizer, tmp_path / "nope.jsonl")
+    # a shipped recipe's relative path, run from elsewhere: the message says where it looked
+    with pytest.raises(FileNotFoundError, match=r"does not exist \(relative paths are read from the working directory, /"):
+        setup_module_with(PreferenceDataModule, tiny_tokenizer, "recipes/data/no_such_file.jsonl")
     (tmp_path / "p.txt").write_text("x")
     with pytest.raises(DataError, match="unknown file type"):
         setup_module_with(PreferenceDataModule, tiny_tokenizer, tmp_path / "p.txt")

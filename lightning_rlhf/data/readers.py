@@ -22,7 +22,8 @@ def read_rows(path: str | os.PathLike, split: str = "train") -> Iterator[Row]:
         return
     if not local.exists():
         if source.startswith((".", "/", "~")) or source.count("/") > 1 or local.suffix:
-            raise FileNotFoundError(f"data file {source!r} does not exist")
+            where = "" if Path(os.path.expanduser(source)).is_absolute() else f" (relative paths are read from the working directory, {os.getcwd()})"
+            raise FileNotFoundError(f"data file {source!r} does not exist{where}")
         yield from _read_hub_dataset(source, split)
         return
     suffix = local.suffix.lower()
