@@ -26,6 +26,7 @@ state (rejection sampling's pool of best samples, ReST's Grow set) comes back wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -165,8 +166,9 @@ class SelfTrainingAlgorithm(Algorithm):
         return phases[min(epoch // self.epochs_per_phase, len(phases) - 1)]
 
     def selectable(self, candidates: Sequence[Candidate]) -> list[Candidate]:
-        """The candidates that may be kept at all: non-empty and, with ``require_eos``, finished."""
-        return [c for c in candidates if c.completion.strip() and (c.finished or not self.require_eos)]
+        """The candidates that may be kept at all: scored (a reward may leave one out), non-empty
+        and, with ``require_eos``, finished."""
+        return [c for c in candidates if not math.isnan(c.reward) and c.completion.strip() and (c.finished or not self.require_eos)]
 
     # -- grow -------------------------------------------------------------------------------
     @torch.no_grad()

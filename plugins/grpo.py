@@ -136,9 +136,12 @@ class GRPO(OnlineAlgorithm):
         if self.beta > 0 and not self.kl_in_loss:  # the KL penalty goes into the reward
             policy_full = ctx.policy_logps(full, temperature=self.temperature).token_logps
             log_ratio = (policy_full - ctx.reference_logps(full, temperature=self.temperature).token_logps) * mask
-        advantages = self.advantages(rewards, mask, log_ratio, getattr(ctx, "sum_over_processes", None))
-        flat_groups = rewards.view(-1, g).max(-1).values == rewards.view(-1, g).min(-1).values
-        keep = torch.ones_like(rewards, dtype=torch.bool)
+        # A reward may leave a sample out (None, read as NaN): it gets no advantage and no
+        # loss, and its group's statistics are taken over the others.
+        scored = ~torch.isnan(rewards)
+        advantages = self.advantages(rewards, mask.bool() & scored[:, None], log_ratio, getattr(ctx, "sum_over_processes", None))
+        flat_groups = group_is_flat(rewards, g)
+        keep = scored.clone()
         if self.loss_type == "dapo":
             keep &= ~flat_groups.repeat_interleave(g)  # all-equal groups teach nothing
         if self.mask_truncated_completions:
@@ -155,14 +158,15 @@ class GRPO(OnlineAlgorithm):
         if len(rows) and self.beta > 0 and self.kl_in_loss:
             tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).token_logps
         metrics = {
-            "objective/scores": scores.mean(),
-            "objective/rewards": rewards.mean(),
+            "objective/scores": scores.nanmean(),
+            "objective/rewards": rewards.nanmean(),
+            "objective/unscored_fraction": (~scored).float().mean(),
             "objective/kept_fraction": keep.float().mean(),
             "objective/no_eos_fraction": (~sampled.finished).float().mean(),
             "response_length": sampled.lengths.float().mean(),
         }
         if g > 1:  # a group of one has no spread
-            metrics["objective/reward_std_in_group"] = rewards.view(-1, g).std(-1).mean()
+            metrics["objective/reward_std_in_group"] = group_moments(rewards, g)[2].mean()
             metrics["objective/zero_variance_groups"] = flat_groups.float().mean()
         if log_ratio is not None:
             metrics["objective/kl"] = log_ratio.sum(-1).mean()  # k1 per completion, as in the reward
@@ -172,8 +176,9 @@ class GRPO(OnlineAlgorithm):
 
     def advantages(self, rewards: torch.Tensor, mask: torch.Tensor, log_ratio: torch.Tensor | None, sum_over_processes=None) -> torch.Tensor:
         """``[N]`` (one per completion) or ``[N, T-1]`` (per token) advantages from the rewards
-        ``[N]`` (groups of ``num_generations`` contiguous rows); ``log_ratio``: per-token
-        ``log pi - log pi_ref`` when the KL penalty goes into the reward."""
+        ``[N]`` (groups of ``num_generations`` contiguous rows; NaN: left out, ``mask`` is
+        off for its tokens); ``log_ratio``: per-token ``log pi - log pi_ref`` when the KL
+        penalty goes into the reward."""
         return group_advantages(rewards, self.num_generations, self.divides_by_std)[0]
 
     # -- optimisation -------------------------------------------------------------------------
@@ -244,12 +249,32 @@ class GRPO(OnlineAlgorithm):
 def group_advantages(rewards: torch.Tensor, group_size: int, divide_by_std: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A [N], all_equal [N / G])``: each reward against its group's mean (rows of a group
     are contiguous), divided by the group's std (+ 1e-4) when asked; and which groups'
-    rewards are all equal (their advantages are 0)."""
+    rewards are all equal (their advantages are 0). NaN rewards (samples left out) take no
+    part in their group's mean and std, and get advantage 0."""
+    _, centred, std = group_moments(rewards, group_size)
+    advantages = centred / (std[:, None] + 1e-4) if divide_by_std else centred
+    return advantages.flatten(), group_is_flat(rewards, group_size)
+
+
+def group_moments(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group of ``group_size`` contiguous rewards, over its scored (non-NaN) members:
+    ``(mean [N/G], reward - mean [N/G, G] (0 where unscored), sample std [N/G])``."""
     grouped = rewards.view(-1, group_size)
-    centred = grouped - grouped.mean(-1, keepdim=True)
-    std = grouped.std(-1, keepdim=True)
-    advantages = centred / (std + 1e-4) if divide_by_std else centred
-    return advantages.flatten(), (grouped.max(-1).values == grouped.min(-1).values)
+    scored = ~torch.isnan(grouped)
+    count = scored.sum(-1)
+    mean = torch.where(scored, grouped, torch.zeros_like(grouped)).sum(-1) / count.clamp(min=1)
+    centred = torch.where(scored, grouped - mean[:, None], torch.zeros_like(grouped))
+    std = torch.sqrt((centred**2).sum(-1) / (count - 1).clamp(min=1))
+    return mean, centred, std
+
+
+def group_is_flat(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N / G]``: the group's scored rewards are all equal (or it has fewer than two)."""
+    grouped = rewards.view(-1, group_size)
+    scored = ~torch.isnan(grouped)
+    high = torch.where(scored, grouped, torch.full_like(grouped, -math.inf)).max(-1).values
+    low = torch.where(scored, grouped, torch.full_like(grouped, math.inf)).min(-1).values
+    return (high == low) | (scored.sum(-1) < 2)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:

@@ -163,6 +163,9 @@ class PPO(OnlineAlgorithm):
         batch = {k: v for k, v in sampled.batch.items() if k != "logp_index"}
         batch["logp_index"] = sampled.batch["logp_index"]
         raw_scores = ctx.reward(prompts["prompts"], sampled.completions, prompts.get("columns"))
+        if torch.isnan(raw_scores).any():
+            raise ValueError(f"PPO needs a score for every sample, and the reward left {int(torch.isnan(raw_scores).sum())} "
+                             "out (returned None); grpo, rloo and reinforce_pp leave such samples out of the loss")
         scores = penalise_missing_eos(raw_scores, sampled.finished, self.missing_eos_penalty)
 
         # Statistics of the whole rollout, over every process of a data-parallel run.

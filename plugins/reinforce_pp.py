@@ -6,7 +6,7 @@ import torch
 
 from lightning_rlhf import register_algorithm
 from lightning_rlhf.ops import masked_whiten
-from lightning_rlhf_plugins.grpo import GRPO
+from lightning_rlhf_plugins.grpo import GRPO, group_moments
 
 
 @register_algorithm("reinforce_pp")
@@ -65,8 +65,7 @@ class ReinforcePP(GRPO):
 
     def advantages(self, rewards, mask, log_ratio, sum_over_processes=None) -> torch.Tensor:
         if self.baseline:
-            grouped = rewards.view(-1, self.num_generations)
-            rewards = (grouped - grouped.mean(-1, keepdim=True)).flatten()
+            rewards = group_moments(rewards, self.num_generations)[1].flatten()  # minus the group's mean score
         return token_advantages(rewards, mask, log_ratio, self.beta, sum_over_processes)
 
 
@@ -74,6 +73,7 @@ def token_advantages(scores: torch.Tensor, mask: torch.Tensor, log_ratio: torch.
                      sum_over_processes=None) -> torch.Tensor:
     """``[N, T-1]``: returns to go of the KL-penalised token rewards, whitened over the batch's tokens."""
     mask = mask.to(scores.dtype)
+    scores = torch.nan_to_num(scores)  # a sample left out has its tokens masked off
     rewards = torch.zeros_like(mask) if log_ratio is None else -beta * log_ratio * mask
     last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # each completion's final token
     rewards[torch.arange(len(last), device=mask.device), last] += scores

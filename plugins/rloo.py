@@ -64,7 +64,11 @@ def penalised_rewards(rewards: torch.Tensor, log_ratio: torch.Tensor | None, bet
 
 
 def leave_one_out(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """``R_i - mean_{j != i} R_j`` within each group of ``k`` contiguous rows."""
+    """``R_i - mean_{j != i} R_j`` within each group of ``k`` contiguous rows, over the scored
+    (non-NaN) rows; a row left out, or alone in its group, gets 0."""
     grouped = rewards.view(-1, k)
-    others = (grouped.sum(-1, keepdim=True) - grouped) / (k - 1)
-    return (grouped - others).flatten()
+    scored = ~torch.isnan(grouped)
+    values = torch.where(scored, grouped, torch.zeros_like(grouped))
+    others = scored.sum(-1, keepdim=True) - 1
+    baseline = (values.sum(-1, keepdim=True) - values) / others.clamp(min=1)
+    return torch.where(scored & (others > 0), values - baseline, torch.zeros_like(values)).flatten()

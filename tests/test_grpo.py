@@ -248,3 +248,39 @@ def test_reinforce_pp_with_one_sample_per_prompt_logs_finite_metrics(tiny_tokeni
     assert len(experience) == 3 and "objective/zero_variance_groups" not in experience.metrics
     assert all(torch.isfinite(v) for v in experience.metrics.values())
     assert torch.isfinite(algorithm.loss(module, next(iter(algorithm.minibatches(experience)))).loss)
+
+
+# -- a reward may leave a sample out (None -> NaN) --------------------------------------------
+def test_samples_left_out_take_no_part_in_their_group():
+    """Group [1, NaN, 3, 5]: mean 3 and std 2 over the three scored ones -> [-1, 0, 0, 1] / (2 + 1e-4);
+    a group with one scored reward is flat. RLOO: 1 - 4 = -3, 0, 3 - 3 = 0, 5 - 2 = 3."""
+    rewards = torch.tensor([1.0, float("nan"), 3.0, 5.0, float("nan"), 2.0, float("nan"), float("nan")])
+    advantages, flat = group_advantages(rewards, 4, divide_by_std=True)
+    torch.testing.assert_close(advantages[:4], torch.tensor([-2.0, 0.0, 0.0, 2.0]) / 2.0001)
+    assert advantages[4:].tolist() == [0.0, 0.0, 0.0, 0.0] and flat.tolist() == [False, True]
+    from lightning_rlhf_plugins.rloo import leave_one_out
+
+    assert leave_one_out(rewards, 4).tolist() == [-3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_function_reward_returning_none_leaves_the_sample_out(tiny_tokenizer):
+    """The rollout drops unscored samples and logs their share; PPO refuses them by name."""
+    from lightning_rlhf.rewards import FunctionReward
+    from lightning_rlhf.testing import make_batch, make_policy_module
+
+    reward = FunctionReward("test_grpo.every_other_unscored")
+    assert torch.isnan(reward(["a", "b"], ["x", "y"])).tolist() == [False, True]
+    torch.manual_seed(0)
+    algorithm = create_algorithm("grpo", max_new_tokens=6)
+    module = make_policy_module(algorithm, reward=reward)
+    experience = algorithm.rollout(module, make_batch("prompt", module.tokenizer))
+    assert len(experience) == 6 and experience.metrics["objective/unscored_fraction"].item() == 0.5
+    assert torch.isfinite(experience.tensors["advantages"]).all()
+    assert torch.isfinite(algorithm.loss(module, next(iter(algorithm.minibatches(experience)))).loss)
+    ppo = create_algorithm("ppo", max_new_tokens=6)
+    with pytest.raises(ValueError, match="PPO needs a score for every sample, and the reward left 1 out"):
+        ppo.rollout(make_policy_module(ppo, reward=reward), make_batch("prompt", module.tokenizer))
+
+
+def every_other_unscored(prompts, completions):
+    return [None if i % 2 else float(len(c)) for i, c in enumerate(completions)]

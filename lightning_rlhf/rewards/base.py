@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -51,7 +52,8 @@ class FunctionReward(RewardSource):
     A function that names other parameters (``def correct(prompts, completions, answer)``)
     or takes ``**columns`` gets those columns of the prompt rows, each as a list with one
     value per completion; a column a row lacks is None there. An ``async def`` function is
-    awaited."""
+    awaited. A function may return None for a completion it cannot score (an answer it
+    cannot parse): that score is NaN, and the online plugins leave the sample out."""
 
     reads_columns = True
 
@@ -72,7 +74,7 @@ class FunctionReward(RewardSource):
         result = self._callable(prompts, completions, **kwargs)
         if inspect.isawaitable(result):
             result = asyncio.run(_awaited(result))
-        return torch.as_tensor(result, dtype=torch.float32)
+        return torch.tensor([math.nan if value is None else float(value) for value in result], dtype=torch.float32)
 
     def _column_arguments(self, columns: list[dict]) -> dict[str, list]:
         present = {key for row in columns for key in row}
