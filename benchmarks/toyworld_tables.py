@@ -109,17 +109,23 @@ def summaries_of(path: str) -> dict[str, dict]:
     return data["summaries"] if "summaries" in data else {data.get("policy_label", "policy"): data}
 
 
+def pooled_intervals(inputs: list[dict]) -> dict[str, dict[str, Interval]]:
+    """Per method (best-of-n apart: ``best_of_n_rows``) and figure: every input's per-seed
+    values pooled into the interval a rerun with as many seeds is expected to land in."""
+    pooled = {}
+    for method in (m for m in inputs[0] if m != "best-of-n"):
+        pooled[method] = {}
+        for figure in FIGURES:
+            per_input = [summary[method]["figures"][figure] for summary in inputs]
+            pooled[method][figure] = rerun_interval([v for f in per_input for v in f["values"]], rerun_size=per_input[0]["n"])
+    return pooled
+
+
 def pooled_table(paths: list[str]) -> str:
     """The README's form: a row per method, each figure the pooled mean ± rerun interval."""
     inputs = [summaries_of(path) for path in paths]
-    rows = []
-    for method in (m for m in inputs[0] if m != "best-of-n"):
-        figures = {}
-        for figure in FIGURES:
-            per_input = [summary[method]["figures"][figure] for summary in inputs]
-            values = [v for f in per_input for v in f["values"]]
-            figures[figure] = rerun_interval(values, rerun_size=per_input[0]["n"]).as_dict()
-        rows.append(method_row(NAMES.get(method, method), {"figures": figures}))
+    rows = [method_row(NAMES.get(method, method), {"figures": {f: interval.as_dict() for f, interval in figures.items()}})
+            for method, figures in pooled_intervals(inputs).items()]
     for n, kl, win, reward in best_of_n_rows(inputs):
         rows.append([f"best-of-{n}", format_figure(win.as_dict(), ".1f", percent=True), f"{kl:.3f}", format_figure(reward.as_dict(), "+.3f"), "-"])
     return markdown(["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"], rows)
@@ -141,25 +147,18 @@ def pooled_figure(paths: list[str], path: str) -> Path:
     from lightning_rlhf.plots import Point, reward_vs_kl
 
     inputs = [summaries_of(p) for p in paths]
-    pooled_figures = {}
-    for method in inputs[0]:
-        per_input = [summary[method]["figures"] for summary in inputs]
-        pooled_figures[method] = {
-            figure: rerun_interval([v for f in per_input for v in f[figure]["values"]], rerun_size=per_input[0][figure]["n"])
-            for figure in ("kl", "policy_mean_reward", "reference_mean_reward")
-        }
-    first = next(iter(pooled_figures.values()))["reference_mean_reward"]
+    pooled = pooled_intervals(inputs)
+    first = next(iter(pooled.values()))["reference_mean_reward"]
     baseline = Point("SFT", 0.0, first.mean, reward_err=first.half_width)
     points = [Point(NAMES.get(m, m).split(" (")[0], f["kl"].mean, f["policy_mean_reward"].mean, f["kl"].half_width,
-                    f["policy_mean_reward"].half_width) for m, f in pooled_figures.items() if m != "best-of-n"]
+                    f["policy_mean_reward"].half_width) for m, f in pooled.items()]
     curve = None
     if best := best_of_n_rows(inputs):
         curve = (f"best-of-n from SFT (n = {', '.join(str(n) for n, *_ in best)})", [kl for _, kl, _, _ in best],
                  [reward.mean for *_, reward in best], [reward.half_width for *_, reward in best])
     paths_note = ", ".join(sorted({json.loads(Path(p).read_text()).get("cpu_capability", "?") for p in paths}))
-    seeds = sum(next(iter(summary.values()))["figures"]["kl"]["n"] for summary in inputs)
     return reward_vs_kl(points, path, title="Toy world: gold reward bought for KL, 200 held-out prompts",
-                        note=f"pooled over {seeds} seeds on {paths_note} kernel paths; bars: 95% interval of a 3-seed rerun's mean",
+                        note=f"pooled over {first.n} seeds on {paths_note} kernel paths; bars: 95% interval of a 3-seed rerun's mean",
                         curve=curve, baseline=baseline)
 
 
@@ -169,19 +168,16 @@ def pooled(paths: list[str]) -> str:
     lines = [f"pooled over {len(paths)} results ({', '.join(paths)}); "
              "interval: 95% prediction interval for the mean of a rerun with as many seeds"]
     outside = 0
-    for method in (m for m in inputs[0] if m != "best-of-n"):  # best-of-n's own rows: pooled_table
+    for method, figures in pooled_intervals(inputs).items():  # best-of-n's own rows: pooled_table
         lines.append(f"\n{method}")
         for figure, (spec, percent) in FIGURES.items():
-            per_input = [summary[method]["figures"][figure] for summary in inputs]
-            values = [v for f in per_input for v in f["values"]]
-            interval = rerun_interval(values, rerun_size=per_input[0]["n"])
             means = []
-            for f in per_input:
-                inside = f["mean"] in interval
+            for summary in inputs:
+                mean = summary[method]["figures"][figure]["mean"]
+                inside = mean in figures[figure]
                 outside += not inside
-                means.append(format_figure({"mean": f["mean"], "half_width": 0, "n": 1}, spec, percent)
-                             + ("" if inside else " (outside)"))
-            lines.append(f"  {figure:<22} {format_figure(interval.as_dict(), spec, percent):<18} inputs: {', '.join(means)}")
+                means.append(format_figure({"mean": mean, "half_width": 0, "n": 1}, spec, percent) + ("" if inside else " (outside)"))
+            lines.append(f"  {figure:<22} {format_figure(figures[figure].as_dict(), spec, percent):<18} inputs: {', '.join(means)}")
     lines.append(f"\n{outside} input mean(s) outside the pooled rerun interval")
     return "\n".join(lines)
 

@@ -66,12 +66,6 @@ class SamplingSettings:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
-    @property
-    def full_distribution(self) -> bool:
-        """Samples follow ``softmax(logits / T)`` itself: what a trainer scoring with the full
-        softmax at the same temperature assumes."""
-        return self.temperature > 0 and self.top_p == 1 and self.top_k == 0
-
 
 @dataclass
 class Sample:

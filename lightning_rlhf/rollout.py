@@ -53,7 +53,8 @@ def generate_rollout(
 
     Sampling uses the caller's RNG (seeded by the trainer). A plugin that scores the tokens
     (importance ratios, KL) does so with the full softmax at ``settings.temperature``, and
-    must sample with ``settings.full_distribution`` (PPO refuses anything else).
+    must sample from that distribution: temperature only, no top-p or top-k (PPO refuses
+    anything else).
     """
     samples = [group[0] for group in engine.generate(prompt_ids, 1, settings)]
     batch = pad_sequences([(list(p), s.token_ids) for p, s in zip(prompt_ids, samples, strict=True)], pad_token_id(tokenizer))

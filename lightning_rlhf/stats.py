@@ -56,15 +56,10 @@ def mean_interval(values: Sequence[float]) -> Interval:
 
     With one value the half-width is 0 and the interval says nothing (``n`` tells).
     """
-    values = [float(v) for v in values]
-    n = len(values)
-    if n == 0:
-        raise ValueError("need at least one value")
-    mean = sum(values) / n
+    n, mean, s = _moments(values)
     if n == 1:
         return Interval(mean, 0.0, 1)
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return Interval(mean, t_quantile_975(n - 1) * math.sqrt(variance / n), n)
+    return Interval(mean, t_quantile_975(n - 1) * s / math.sqrt(n), n)
 
 
 def rerun_interval(values: Sequence[float], rerun_size: int) -> Interval:
@@ -77,12 +72,19 @@ def rerun_interval(values: Sequence[float], rerun_size: int) -> Interval:
 
     ``rerun_interval([1.0, 2.0, 3.0], 3)``: s = 1, so 4.303 · sqrt(2/3) = 3.513.
     """
-    values = [float(v) for v in values]
-    n = len(values)
-    if n < 2:
-        raise ValueError(f"a prediction interval needs at least two values, got {n}")
+    if len(values) < 2:
+        raise ValueError(f"a prediction interval needs at least two values, got {len(values)}")
     if rerun_size < 1:
         raise ValueError(f"a rerun has at least one seed, got {rerun_size}")
-    mean = sum(values) / n
-    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    n, mean, s = _moments(values)
     return Interval(mean, t_quantile_975(n - 1) * s * math.sqrt(1 / n + 1 / rerun_size), n)
+
+
+def _moments(values: Sequence[float]) -> tuple[int, float, float]:
+    """``(n, mean, sample standard deviation)``; the deviation is 0 for one value."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        raise ValueError("need at least one value")
+    mean = sum(values) / n
+    return n, mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0

@@ -179,7 +179,7 @@ class GRPO(OnlineAlgorithm):
         ``[N]`` (groups of ``num_generations`` contiguous rows; NaN: left out, ``mask`` is
         off for its tokens); ``log_ratio``: per-token ``log pi - log pi_ref`` when the KL
         penalty goes into the reward."""
-        return group_advantages(rewards, self.num_generations, self.divides_by_std)[0]
+        return group_advantages(rewards, self.num_generations, self.divides_by_std)
 
     # -- optimisation -------------------------------------------------------------------------
     def minibatches(self, experience: Experience):
@@ -246,14 +246,12 @@ class GRPO(OnlineAlgorithm):
         return LossOutput(loss, metrics)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, divide_by_std: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A [N], all_equal [N / G])``: each reward against its group's mean (rows of a group
-    are contiguous), divided by the group's std (+ 1e-4) when asked; and which groups'
-    rewards are all equal (their advantages are 0). NaN rewards (samples left out) take no
+def group_advantages(rewards: torch.Tensor, group_size: int, divide_by_std: bool) -> torch.Tensor:
+    """``[N]``: each reward against its group's mean (rows of a group are contiguous),
+    divided by the group's std (+ 1e-4) when asked. NaN rewards (samples left out) take no
     part in their group's mean and std, and get advantage 0."""
     _, centred, std = group_moments(rewards, group_size)
-    advantages = centred / (std[:, None] + 1e-4) if divide_by_std else centred
-    return advantages.flatten(), group_is_flat(rewards, group_size)
+    return (centred / (std[:, None] + 1e-4) if divide_by_std else centred).flatten()
 
 
 def group_moments(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

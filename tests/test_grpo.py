@@ -8,7 +8,7 @@ import torch
 
 from lightning_rlhf import create_algorithm
 from lightning_rlhf.algorithm import Experience
-from lightning_rlhf_plugins.grpo import group_advantages, overlong_penalty
+from lightning_rlhf_plugins.grpo import group_advantages, group_is_flat, overlong_penalty
 from tests.objective_fakes import GivenLogps
 
 # Two completions (no group structure needed for the loss itself):
@@ -74,10 +74,10 @@ def test_clipping_stops_the_gradient_where_the_papers_say():
 def test_group_advantages_by_hand():
     """Two groups of 3: [1, 2, 3] -> mean 2, std 1 -> [-1, 0, 1] / (1 + 1e-4); [5, 5, 5] -> all equal."""
     rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
-    scaled, flat = group_advantages(rewards, 3, divide_by_std=True)
+    scaled, flat = group_advantages(rewards, 3, divide_by_std=True), group_is_flat(rewards, 3)
     torch.testing.assert_close(scaled, torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]) / torch.tensor([1.0001] * 3 + [1.0001] * 3))
     assert flat.tolist() == [False, True]
-    centred, _ = group_advantages(rewards, 3, divide_by_std=False)  # Dr. GRPO
+    centred = group_advantages(rewards, 3, divide_by_std=False)  # Dr. GRPO
     assert centred.tolist() == [-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
 
 
@@ -255,7 +255,7 @@ def test_samples_left_out_take_no_part_in_their_group():
     """Group [1, NaN, 3, 5]: mean 3 and std 2 over the three scored ones -> [-1, 0, 0, 1] / (2 + 1e-4);
     a group with one scored reward is flat. RLOO: 1 - 4 = -3, 0, 3 - 3 = 0, 5 - 2 = 3."""
     rewards = torch.tensor([1.0, float("nan"), 3.0, 5.0, float("nan"), 2.0, float("nan"), float("nan")])
-    advantages, flat = group_advantages(rewards, 4, divide_by_std=True)
+    advantages, flat = group_advantages(rewards, 4, divide_by_std=True), group_is_flat(rewards, 4)
     torch.testing.assert_close(advantages[:4], torch.tensor([-2.0, 0.0, 0.0, 2.0]) / 2.0001)
     assert advantages[4:].tolist() == [0.0, 0.0, 0.0, 0.0] and flat.tolist() == [False, True]
     from lightning_rlhf_plugins.rloo import leave_one_out

@@ -205,8 +205,10 @@ class PolicyModule(OnlineMixin, L.LightningModule):
     def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
         hf_model = unwrap(model)
         decoder = self._decoder(model, hf_model)
-        unscaled = temperature == 1.0 and logit_multiplier(hf_model.config) == 1.0
-        shared = shared_prompt.model_inputs(hf_model, batch) if unscaled and not entropy else None
+        # Models that scale their logits in forward (Cohere, Granite) sample from the scaled
+        # ones; scaling by s is dividing by a temperature of 1/s (neither has a softcap).
+        temperature = temperature / logit_multiplier(hf_model.config)
+        shared = shared_prompt.model_inputs(hf_model, batch) if temperature == 1.0 and not entropy else None
         if shared is not None:  # each pair in one row, the prompt once (data.shared_prompt)
             hidden = decoder(**shared, use_cache=False).last_hidden_state
         else:
@@ -220,9 +222,6 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         if index is None:
             index = completion_index(batch["completion_mask"])
         softcap = getattr(hf_model.config, "final_logit_softcapping", None)
-        # Models that scale their logits in forward (Cohere, Granite) sample from the scaled
-        # ones; scaling by s is dividing by a temperature of 1/s (neither has a softcap).
-        temperature = temperature / logit_multiplier(hf_model.config)
         mask = batch["completion_mask"][:, 1:]
         if temperature != 1.0 or entropy:
             token_logps, token_entropy = selective_logps_entropy(
