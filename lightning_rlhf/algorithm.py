@@ -232,6 +232,14 @@ class OnlineAlgorithm(Algorithm):
         rows (prompts x :attr:`samples_per_prompt`)."""
         return 1
 
+    def sample_table(self, experience: Experience, rows: int) -> tuple[list[str], list[list]]:
+        """Columns and the first ``rows`` rows of the table of samples the module logs
+        (W&B) every ``online.sample_table_every_n_steps`` rollouts."""
+        rewards = experience.tensors.get("rlhf_reward", experience.scores)
+        data = [[experience.prompts[i], experience.completions[i], float(experience.scores[i]), float(rewards[i])]
+                for i in range(min(rows, len(experience)))]
+        return ["prompt", "completion", "score", "rlhf_reward"], data
+
     def after_updates(self, experience: Experience) -> None:
         """Called once per training rollout, after its optimiser steps (e.g. to adapt a KL
         coefficient); not called for validation rollouts."""

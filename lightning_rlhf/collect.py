@@ -91,24 +91,27 @@ def preference_rows(
     return rows, summary
 
 
-def read_prompts(path: str, limit: int | None = None) -> list[str]:
-    """The ``prompt`` strings of a rows file; a bad row raises a DataError naming file, row, field."""
+def read_prompt_rows(path: str, limit: int | None = None) -> tuple[list[str], list[dict]]:
+    """The ``prompt`` strings of a rows file and each row's other columns (a reference
+    ``answer``, ...), for reward sources that read them; a bad row raises a DataError
+    naming file, row, field."""
     from lightning_rlhf.data.errors import DataError
     from lightning_rlhf.data.formats import RowChecker
     from lightning_rlhf.data.readers import read_rows
 
-    prompts = []
+    prompts, columns = [], []
     for row, record in read_rows(path):
         checker = RowChecker(path, row, record)
         prompt = checker.text("prompt")
         if not isinstance(prompt, str):
             raise checker.error("prompt", "sampling takes plain-text prompts, got a message list")
         prompts.append(prompt)
+        columns.append({key: value for key, value in record.items() if key != "prompt"})
         if limit is not None and len(prompts) >= limit:
             break
     if not prompts:
         raise DataError(path, None, None, "no rows")
-    return prompts
+    return prompts, columns
 
 
 def load_policy(name_or_path: str):
@@ -167,7 +170,7 @@ def label_command(argv: list[str]) -> int:
         parser.error("--k must be at least 2: a preference needs two completions")
 
     started = time.perf_counter()
-    prompts = read_prompts(args.prompts, args.limit)
+    prompts, columns = read_prompt_rows(args.prompts, args.limit)
     reward = load_reward_source(args.reward)
     model, tokenizer = load_policy(args.policy)
     samples = sample(
@@ -176,7 +179,8 @@ def label_command(argv: list[str]) -> int:
         progress=f"label: {args.k} samples x {len(prompts)} prompts",
     )
     completions = [[s.text for s in group] for group in samples]
-    flat_scores = reward([p for p, group in zip(prompts, completions) for _ in group], [c for g in completions for c in g]).tolist()
+    flat_scores = reward([p for p, group in zip(prompts, completions) for _ in group], [c for g in completions for c in g],
+                         [row for row, group in zip(columns, completions) for _ in group]).tolist()
     scores = [flat_scores[i * args.k : (i + 1) * args.k] for i in range(len(prompts))]
     rows, summary = preference_rows(prompts, completions, scores, args.mode, args.min_gap)
     write_jsonl(args.output, rows)

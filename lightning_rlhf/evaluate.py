@@ -67,11 +67,13 @@ def evaluate_models(
     policy, policy_tokenizer, reference, reference_tokenizer, prompts: list[str], reward,
     samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
     batch_size: int = 64, seed: int = 0, best_of_n: Sequence[int] = (), selection_reward=None,
+    columns: list[dict] | None = None,
 ) -> dict:
     """Sample, score and compare; returns the report as a plain dict (see module docstring).
 
     ``best_of_n``: the n of best-of-n rows from the reference, selected by
-    ``selection_reward`` (None: ``reward``)."""
+    ``selection_reward`` (None: ``reward``). ``columns``: each prompt row's other columns,
+    for rewards that read them (a reference ``answer``)."""
     from lightning_rlhf.generation import sample, sequence_logps
 
     settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
@@ -79,8 +81,10 @@ def evaluate_models(
     reference_samples = [s for group in sample(reference, reference_tokenizer, prompts, **settings, progress="evaluate: reference")
                          for s in group]
     sample_prompts = [p for p in prompts for _ in range(samples)]
-    policy_scores = reward(sample_prompts, [s.text for s in policy_samples]).tolist()
-    reference_scores = reward(sample_prompts, [s.text for s in reference_samples]).tolist()
+    columns = columns or [{} for _ in prompts]
+    sample_columns = [row for row in columns for _ in range(samples)]
+    policy_scores = reward(sample_prompts, [s.text for s in policy_samples], sample_columns).tolist()
+    reference_scores = reward(sample_prompts, [s.text for s in reference_samples], sample_columns).tolist()
 
     kl = None
     if same_vocabulary(policy_tokenizer, reference_tokenizer):
@@ -124,13 +128,13 @@ def evaluate_models(
         reference_matrix = scores_matrix(reference_scores, len(prompts))
         report["best_of_n"] = evaluate_best_of_n(
             reference, reference_tokenizer, prompts, reward, selection_reward or reward, best_of_n, reference_matrix,
-            {**settings, "seed": seed + 1},
+            {**settings, "seed": seed + 1}, columns,
         )
     return report
 
 
 def evaluate_best_of_n(model, tokenizer, prompts: list[str], reward, selection_reward, ns: Sequence[int],
-                       reference_scores: torch.Tensor, settings: dict) -> dict:
+                       reference_scores: torch.Tensor, settings: dict, columns: list[dict]) -> dict:
     """Best-of-n rows from ``max(ns)`` fresh samples per prompt of ``model`` (the reference)."""
     from lightning_rlhf.best_of_n import best_of_n_rows, scores_matrix
     from lightning_rlhf.generation import sample
@@ -139,8 +143,10 @@ def evaluate_best_of_n(model, tokenizer, prompts: list[str], reward, selection_r
     n_max = max(ns)
     texts = [s.text for group in sample(model, tokenizer, prompts, **{**settings, "n": n_max}, progress=f"best-of-{n_max}: reference") for s in group]
     pool_prompts = [p for p in prompts for _ in range(n_max)]
-    evaluation = scores_matrix(reward(pool_prompts, texts).tolist(), len(prompts))
-    selection = evaluation if selection_reward is reward else scores_matrix(selection_reward(pool_prompts, texts).tolist(), len(prompts))
+    pool_columns = [row for row in columns for _ in range(n_max)]
+    evaluation = scores_matrix(reward(pool_prompts, texts, pool_columns).tolist(), len(prompts))
+    selection = evaluation if selection_reward is reward else \
+        scores_matrix(selection_reward(pool_prompts, texts, pool_columns).tolist(), len(prompts))
     return {
         "rows": best_of_n_rows(selection, evaluation, reference_scores, ns),
         "samples_per_prompt": n_max,
@@ -232,7 +238,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_command(argv: list[str]) -> int:
-    from lightning_rlhf.collect import load_policy, read_prompts
+    from lightning_rlhf.collect import load_policy, read_prompt_rows
     from lightning_rlhf.rewards.spec import load_reward_source
 
     parser = evaluate_parser()
@@ -247,7 +253,7 @@ def evaluate_command(argv: list[str]) -> int:
             parser.error(f"--best-of-n: {e}")
 
     started = time.perf_counter()
-    prompts = read_prompts(args.prompts, args.limit)
+    prompts, columns = read_prompt_rows(args.prompts, args.limit)
     reward = load_reward_source(args.reward)
     selection_reward = load_reward_source(args.best_of_n_reward) if args.best_of_n_reward else None
     policy, policy_tokenizer = load_policy(args.policy)
@@ -256,7 +262,7 @@ def evaluate_command(argv: list[str]) -> int:
         policy, policy_tokenizer, reference, reference_tokenizer, prompts, reward,
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-        best_of_n=best_of_n, selection_reward=selection_reward,
+        best_of_n=best_of_n, selection_reward=selection_reward, columns=columns,
     )
     if best_of_n:
         report["best_of_n"]["selection_reward"] = args.best_of_n_reward or args.reward

@@ -27,3 +27,35 @@ def mean_letter_e(module, data: PromptDataModule, path: Path) -> float:
     engine = HFEngine(module.policy, module.tokenizer, batch_size=64)
     rollout = generate_rollout(engine, module.tokenizer, prompt_ids, SamplingSettings(max_new_tokens=8), module.device)
     return sum(c.count("e") for c in rollout.completions) / len(rollout.completions)
+
+
+def letter_e_before_and_after(directory: Path, algorithm, epochs: int = 6, learning_rate: float = 3e-3, seed: int = 0):
+    """Train the tiny model with ``algorithm`` through Lightning's Trainer for ``epochs``
+    epochs of 2 rollouts (16 prompts, 8 a batch), rewarding the letters "e" in what it
+    samples; returns (mean letters before, after, the trainer)."""
+    import lightning as L
+
+    from lightning_rlhf.models.config import ModelSettings
+    from lightning_rlhf.modules.online import OnlineSettings
+    from lightning_rlhf.modules.optim import OptimizerSettings
+    from lightning_rlhf.modules.policy import PolicyModule
+    from lightning_rlhf.rewards import FunctionReward
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only contend
+    try:
+        path = write_prompts(directory)
+        module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm,
+                              optimizer=OptimizerSettings(learning_rate=learning_rate, schedule="constant"),
+                              reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
+                              online=OnlineSettings(sample_table_every_n_steps=0))
+        data = PromptDataModule(path=str(path), batch_size=8, max_length=32)
+        before = mean_letter_e(module, data, path)
+        L.seed_everything(seed)
+        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, data)
+        after = mean_letter_e(module, data, path)
+    finally:
+        torch.set_num_threads(threads)
+    return before, after, trainer

@@ -203,34 +203,10 @@ def test_each_variant_raises_a_hand_written_reward(tmp_path, name, settings):
     after the first measurement): after = grpo 2.52-4.75, dr_grpo 2.30-5.47, dapo 1.08-2.58,
     gspo 6.69-7.69, cispo 2.86-7.97, rloo 1.23-4.41, reinforce_pp 1.39-4.98; the threshold
     is +0.5."""
-    import lightning as L
+    from tests.online_learning import letter_e_before_and_after
 
-    from lightning_rlhf.data import PromptDataModule
-    from lightning_rlhf.models.config import ModelSettings
-    from lightning_rlhf.modules.online import OnlineSettings
-    from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.modules.policy import PolicyModule
-    from lightning_rlhf.rewards import FunctionReward
-    from tests.online_learning import mean_letter_e, write_prompts
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only contend
-    try:
-        path = write_prompts(tmp_path)
-        algorithm = create_algorithm(name, num_generations=4, num_iterations=2, minibatch_size=16, max_new_tokens=8, **settings)
-        module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm,
-                              optimizer=OptimizerSettings(learning_rate=3e-3, schedule="constant"),
-                              reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
-                              online=OnlineSettings(sample_table_every_n_steps=0))
-        data = PromptDataModule(path=str(path), batch_size=8, max_length=32)
-        before = mean_letter_e(module, data, path)
-        L.seed_everything(0)
-        trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False)
-        trainer.fit(module, data)
-        after = mean_letter_e(module, data, path)
-    finally:
-        torch.set_num_threads(threads)
+    algorithm = create_algorithm(name, num_generations=4, num_iterations=2, minibatch_size=16, max_new_tokens=8, **settings)
+    before, after, trainer = letter_e_before_and_after(tmp_path, algorithm)
     assert before < 0.5 and after > before + 0.5, (before, after)
     if settings.get("loss_type") != "dapo":  # dapo drops flat groups, so it may take fewer steps
         assert trainer.global_step == 6 * 2 * 2 * 2  # epochs x rollouts x passes x minibatches

@@ -208,13 +208,9 @@ class OnlineMixin:
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return
-        rewards = experience.tensors.get("rlhf_reward", experience.scores)
-        rows = [
-            [experience.prompts[i], experience.completions[i], float(experience.scores[i]), float(rewards[i])]
-            for i in range(min(self.online_settings.sample_table_rows, len(experience)))
-        ]
+        columns, rows = self.algorithm.sample_table(experience, self.online_settings.sample_table_rows)
         for logger in loggers:
-            logger.log_table(key="train/samples", columns=["prompt", "completion", "score", "rlhf_reward"], data=rows)
+            logger.log_table(key="train/samples", columns=columns, data=rows)
 
 
 def split_micro_batches(minibatch: dict[str, Tensor], size: int | None):

@@ -21,14 +21,15 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lightning_rlhf.models.builtin import resolve, seeded
-from lightning_rlhf.toyworld.corpus import pretraining_texts, sft_pairs
-from lightning_rlhf.toyworld.tokenizer import build_tokenizer
+from lightning_rlhf.toyworld import arithmetic, corpus
+from lightning_rlhf.toyworld.tokenizer import train_bpe, wrap_tokenizer
 
 IGNORE_INDEX = -100
 
@@ -219,11 +220,15 @@ def save_world_model(
     (directory / "toyworld.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def build_pretrained_model(directory: str | Path, config: WorldConfig = WorldConfig()) -> None:
-    """Train the tokenizer and pretrain a fresh model on corpus texts; write both."""
-    tokenizer = build_tokenizer(config.seed, config.tokenizer_texts, config.vocab_size)
+def build_pretrained_model(directory: str | Path, config: WorldConfig = WorldConfig(), world: ModuleType = corpus) -> None:
+    """Train the tokenizer and pretrain a fresh model on corpus texts; write both.
+
+    ``world``: the world's corpus, a module with ``pretraining_texts(n, seed)`` and
+    ``sft_pairs(n, seed)``: the sentiment world's (``toyworld.corpus``) or the checkable
+    world's (``toyworld.arithmetic``)."""
+    tokenizer = wrap_tokenizer(train_bpe(world.pretraining_texts(config.tokenizer_texts, config.seed), config.vocab_size))
     model = build_model(tokenizer, config)
-    texts = pretraining_texts(config.pretrain_texts, config.seed)
+    texts = world.pretraining_texts(config.pretrain_texts, config.seed)
     examples = pretraining_examples(tokenizer, texts, config.pretrain_row_length)
     losses = train_causal_lm(
         model,
@@ -240,13 +245,13 @@ def build_pretrained_model(directory: str | Path, config: WorldConfig = WorldCon
 
 
 def build_sft_model(
-    directory: str | Path, pretrained_directory: str | Path, config: WorldConfig = WorldConfig()
+    directory: str | Path, pretrained_directory: str | Path, config: WorldConfig = WorldConfig(), world: ModuleType = corpus
 ) -> None:
     """Fine-tune the pretrained model in `pretrained_directory` on (prompt, completion)
     pairs so it answers a prompt with one continuation and EOS; write the result."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained_directory)
     model = LlamaForCausalLM.from_pretrained(pretrained_directory, dtype=torch.float32)
-    examples = sft_examples(tokenizer, sft_pairs(config.sft_pairs, config.seed))
+    examples = sft_examples(tokenizer, world.sft_pairs(config.sft_pairs, config.seed))
     losses = train_causal_lm(
         model,
         examples,
@@ -260,13 +265,13 @@ def build_sft_model(
     save_world_model(directory, model, tokenizer, config, losses)
 
 
-def build_world(directory: str | Path, config: WorldConfig = WorldConfig()) -> tuple[Path, Path]:
+def build_world(directory: str | Path, config: WorldConfig = WorldConfig(), world: ModuleType = corpus) -> tuple[Path, Path]:
     """Build both models under `directory` (``pretrained/`` and ``sft/``), outside the
     built-in cache; returns their paths. Tests use this with a small config."""
     directory = Path(directory)
     pretrained, sft = directory / "pretrained", directory / "sft"
-    build_pretrained_model(pretrained, config)
-    build_sft_model(sft, pretrained, config)
+    build_pretrained_model(pretrained, config, world)
+    build_sft_model(sft, pretrained, config, world)
     return pretrained, sft
 
 
@@ -280,3 +285,38 @@ def write_pretrained(directory: Path, seed: int = 0) -> None:
 
 def write_sft(directory: Path, seed: int = 0) -> None:
     build_sft_model(directory, resolve(seeded("builtin:toyworld-pretrained", seed)), WorldConfig(seed=seed))
+
+
+# The checkable world (``toyworld.arithmetic``): ``builtin:arithmetic-pretrained`` and
+# ``builtin:arithmetic`` (and ``-seed<N>``). Its texts are short and its vocabulary small
+# (digits, a few words), so the model is smaller than the sentiment world's and trains longer.
+ARITHMETIC = WorldConfig(
+    tokenizer_texts=5_000,
+    vocab_size=320,
+    hidden_size=128,
+    num_layers=4,
+    num_heads=4,
+    intermediate_size=512,
+    pretrain_texts=60_000,
+    pretrain_steps=1200,
+    pretrain_batch_size=64,
+    pretrain_lr=3e-3,
+    sft_pairs=10_000,
+    sft_steps=300,
+    sft_batch_size=64,
+    sft_lr=1e-3,
+    max_new_tokens=40,
+)
+
+
+def arithmetic_config(seed: int) -> WorldConfig:
+    return WorldConfig(**{**asdict(ARITHMETIC), "seed": seed})
+
+
+def write_arithmetic_pretrained(directory: Path, seed: int = 0) -> None:
+    build_pretrained_model(directory, arithmetic_config(seed), arithmetic)
+
+
+def write_arithmetic_sft(directory: Path, seed: int = 0) -> None:
+    pretrained = resolve(seeded("builtin:arithmetic-pretrained", seed))
+    build_sft_model(directory, pretrained, arithmetic_config(seed), arithmetic)
