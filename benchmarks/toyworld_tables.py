@@ -2,6 +2,8 @@
 
     python benchmarks/toyworld_tables.py objectives      # every offline objective on gold-labelled pairs
     python benchmarks/toyworld_tables.py self-training   # rejection sampling, ReST and best-of-n
+    python benchmarks/toyworld_tables.py rlvr            # the checkable world: GRPO family, RLOO, REINFORCE++,
+                                                         # online DPO, PPO, rejection sampling; held-out accuracy
     python benchmarks/toyworld_tables.py pooled A.json B.json ...  # where a rerun lands
 
 ``pooled`` reads the same results measured on several kernel paths (a pipeline's
@@ -44,7 +46,7 @@ def evaluate_stage(run: str, *, policy: str | None = None, **options) -> dict:
     return {"evaluate": {"policy": policy or f"{{output_dir}}/seed{{seed}}/{run}/export", "reference": "builtin:toyworld",
                          "prompts": "{output_dir}/prompts-heldout.jsonl", "reward": "gold", "seed": "{seed}",
                          "policy_label": run, "reference_label": "SFT",
-                         "output": f"{{output_dir}}/seed{{seed}}/{run}/evaluation.json", **options}}
+                         "output": f"{{output_dir}}/seed{{seed}}/{run}/evaluation.json"} | options}
 
 
 def label_stage(output: str, mode: str, prompts: int) -> dict:
@@ -79,6 +81,33 @@ def self_training_pipeline(out: str, seeds: list[int], best_of_n: str) -> dict:
         evaluate_stage("best-of-n", policy="builtin:toyworld", best_of_n=best_of_n),
     ]
     return {"output_dir": out, "seeds": seeds, "stages": stages}
+
+
+RLVR_METHODS = ("grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp", "online_dpo", "ppo", "rejection_sampling")
+CHECKABLE = {"reference": "builtin:arithmetic", "prompts": "{output_dir}/prompts-heldout.jsonl", "max_new_tokens": 40,
+             "reward": "lightning_rlhf.rewards.answers.exact_answer"}
+
+
+def rlvr_pipeline(out: str, seeds: list[int], methods: list[str]) -> dict:
+    """Every method on the checkable world with the same budget: 7680 sampled completions
+    (60 rollouts of 128, or 3 rounds of 8 samples of 320 prompts), the exact-answer reward."""
+    prompts = "{output_dir}/prompts-train.jsonl"
+    stages = [{"build": {"model": "builtin:arithmetic"}},
+              {"toy-prompts": {"world": "arithmetic", "train": 7680, "heldout": 500, "seed": 0}}]
+    if "rejection_sampling" in methods:
+        stages.append({"toy-prompts": {"world": "arithmetic", "name": "rs-prompts", "train": 320, "heldout": 0, "seed": 0}})
+    for method in methods:
+        if method in GRPO_LOSSES:
+            fit = fit_stage("recipes/grpo/arithmetic.yaml", method, prompts, f"--model.init_args.algorithm.init_args.loss_type={method}")
+        elif method == "rejection_sampling":
+            fit = fit_stage("recipes/rejection_sampling/arithmetic.yaml", method, "{output_dir}/rs-prompts-train.jsonl")
+        else:
+            fit = fit_stage(f"recipes/{method}/arithmetic.yaml", method, prompts)
+        stages += [fit, evaluate_stage(method, **CHECKABLE)]
+    return {"output_dir": out, "seeds": seeds, "stages": stages}
+
+
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
 
 
 def cell(values: list[float], spec: str, percent: bool = False) -> str:
@@ -184,10 +213,11 @@ def pooled(paths: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["objectives", "self-training", "pooled"])
+    parser.add_argument("table", choices=["objectives", "self-training", "rlvr", "pooled"])
     parser.add_argument("results", nargs="*", help="pooled: the results files to pool")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--methods", nargs="+", default=list(RLVR_METHODS), choices=RLVR_METHODS, help="rlvr: the methods")
     parser.add_argument("--best-of-n", default="2,4,8,16,32")
     parser.add_argument("--out", default=None, help="default: runs/tables/<table>")
     parser.add_argument("--figure", default=None, help="pooled: also draw reward against KL to this PNG")
@@ -201,8 +231,9 @@ def main() -> None:
             print(f"\nwrote {pooled_figure(args.results, args.figure)}")
         return
     out = args.out or f"runs/tables/{args.table}"
-    config = (objectives_pipeline(out, args.seeds, args.objectives) if args.table == "objectives"
-              else self_training_pipeline(out, args.seeds, args.best_of_n))
+    config = {"objectives": lambda: objectives_pipeline(out, args.seeds, args.objectives),
+              "self-training": lambda: self_training_pipeline(out, args.seeds, args.best_of_n),
+              "rlvr": lambda: rlvr_pipeline(out, args.seeds, args.methods)}[args.table]()
     pipeline = parse_pipeline(config, f"<{args.table} table>")
     started = time.perf_counter()
     records = run_pipeline(pipeline, print_fn=lambda line: print(line, flush=True))
@@ -211,6 +242,12 @@ def main() -> None:
     # Every evaluation of one seed samples the SFT model with the same seed: one value per seed.
     sft_reports = next(iter(evaluations.values()))["reports"]
     sft_reward, sft_length = [r["reference"]["mean_reward"] for r in sft_reports], [r["reference"]["mean_length"] for r in sft_reports]
+    if args.table == "rlvr":
+        header = ["method", "held-out accuracy", "KL to SFT (nats)", "length (tokens)", "fit wall time"]
+        rows = [["SFT (`builtin:arithmetic`)", cell(sft_reward, ".1f", percent=True), "0", cell(sft_length, ".1f"), "-"]]
+        rows += [accuracy_row(name, summary, fit_seconds[name]) for name, summary in evaluations.items()]
+        _write_table(args.table, out, markdown(header, rows), pipeline, evaluations, records, started)
+        return
     header = ["method", "win rate vs SFT", "KL (nats)", "mean gold reward", "length (tokens)"]
     if args.table == "self-training":
         header.append("fit wall time")
@@ -226,12 +263,21 @@ def main() -> None:
             rows_n = [r["best_of_n"]["rows"][index] for r in reports]
             rows.append([f"best-of-{first['n']}", cell([r["win_rate"] for r in rows_n], ".1f", percent=True),
                          f"{first['kl']:.3f}", cell([r["mean_reward"] for r in rows_n], "+.3f"), "-", ""])
-    table = markdown(header, rows)
+    _write_table(args.table, out, markdown(header, rows), pipeline, evaluations, records, started)
+
+
+def accuracy_row(name: str, summary: dict, seconds: list[float]) -> list[str]:
+    f = summary["figures"]
+    return [name, format_figure(f["policy_mean_reward"], ".1f", percent=True), format_figure(f["kl"], ".2f"),
+            format_figure(f["policy_mean_length"], ".1f"), f"{sum(seconds) / len(seconds):.0f} s"]
+
+
+def _write_table(name: str, out: str, table: str, pipeline, evaluations: dict, records: list[dict], started: float) -> None:
     note = (f"{len(pipeline.seeds)} seeds ({', '.join(map(str, pipeline.seeds))}), mean ± 95% t-interval; "
             f"{cpu_capability()} kernels; {time.perf_counter() - started:.0f} s in all")
     print(f"\n{table}\n\n{note}")
-    Path(out, f"{args.table}.md").write_text(f"{table}\n\n{note}\n")
-    Path(out, f"{args.table}.json").write_text(json.dumps(
+    Path(out, f"{name}.md").write_text(f"{table}\n\n{note}\n")
+    Path(out, f"{name}.json").write_text(json.dumps(
         {"cpu_capability": cpu_capability(), "seeds": pipeline.seeds, "summaries": evaluations, "stages": records}, indent=1) + "\n")
 
 

@@ -17,7 +17,9 @@ Stage kinds:
 
 - ``build``: build (or find cached) a ``builtin:`` model: ``{model}``;
 - ``toy-prompts``: write toy-world prompts, ``prompts-train.jsonl`` and
-  ``prompts-heldout.jsonl`` in the output folder: ``{train, heldout, seed}``;
+  ``prompts-heldout.jsonl`` in the output folder: ``{train, heldout, seed}``, and
+  ``world: arithmetic`` for the checkable world's (rows with an ``answer``), ``name`` for
+  another file name than ``prompts`` (a count of 0 writes no file);
 - ``label``: ``lightning-rlhf label`` with these options (``k: 4`` is ``--k 4``);
 - ``fit``: ``lightning-rlhf fit --config <config> <args...>``, run in this process
   through the same LightningCLI;
@@ -124,16 +126,25 @@ def run_build(stage: Stage, pipeline: Pipeline) -> str:
     return f"{stage.options['model']} at {resolve(stage.options['model'])}"
 
 
+TOY_WORLDS = ("sentiment", "arithmetic")
+
+
 def check_toy_prompts(stage: Stage) -> None:
-    _check_keys(stage, {"train", "heldout", "seed"}, {"train", "heldout"})
+    _check_keys(stage, {"train", "heldout", "seed", "world", "name"}, {"train", "heldout"})
+    if stage.options.get("world", "sentiment") not in TOY_WORLDS:
+        raise PipelineError(f"stage {stage.number} (toy-prompts): world must be one of {TOY_WORLDS}, got {stage.options['world']!r}")
 
 
 def run_toy_prompts(stage: Stage, pipeline: Pipeline) -> str:
-    from lightning_rlhf.toyworld.corpus import write_prompts
+    if stage.options.get("world", "sentiment") == "arithmetic":
+        from lightning_rlhf.toyworld.arithmetic import write_prompts
+    else:
+        from lightning_rlhf.toyworld.corpus import write_prompts
 
-    seed = int(stage.options.get("seed", 0))
+    seed, name = int(stage.options.get("seed", 0)), stage.options.get("name", "prompts")
     for split in ("train", "heldout"):
-        write_prompts(pipeline.output_dir / f"prompts-{split}.jsonl", int(stage.options[split]), split, seed)
+        if int(stage.options[split]) > 0:
+            write_prompts(pipeline.output_dir / f"{name}-{split}.jsonl", int(stage.options[split]), split, seed)
     return f"{stage.options['train']} train and {stage.options['heldout']} held-out prompts"
 
 

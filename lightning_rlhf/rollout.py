@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_rlhf.data.collate import pad_sequences
 from lightning_rlhf.engine import RolloutEngine, SamplingSettings, pad_token_id
+from lightning_rlhf.ops import completion_index
 
 
 @dataclass
@@ -64,6 +65,19 @@ def generate_rollout(
         finished=torch.tensor([s.finished for s in samples], device=device),
         lengths=torch.tensor([s.length for s in samples], device=device),
     )
+
+
+def concat_rollouts(rollouts: Sequence[Rollout]) -> Rollout:
+    """Several rollouts as one (rows in order), each batch tensor right-padded to the widest.
+
+    The padding is 0 in every tensor: masks are 0 there, and the token id under a mask is
+    never read (a right-padded row's real tokens cannot attend to what follows them)."""
+    width = max(r.batch["input_ids"].shape[1] for r in rollouts)
+    keys = [k for k in rollouts[0].batch if k != "logp_index"]
+    batch = {k: torch.cat([torch.nn.functional.pad(r.batch[k], (0, width - r.batch[k].shape[1])) for r in rollouts]) for k in keys}
+    batch["logp_index"] = completion_index(batch["completion_mask"])
+    return Rollout(batch, [c for r in rollouts for c in r.completions],
+                   torch.cat([r.finished for r in rollouts]), torch.cat([r.lengths for r in rollouts]))
 
 
 def penalise_missing_eos(scores: Tensor, finished: Tensor, penalty: float) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 
 from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
 from lightning_rlhf.ops import completion_index, masked_mean
+from lightning_rlhf.rollout import concat_rollouts
 
 LossType = Literal["grpo", "dr_grpo", "dapo", "gspo", "cispo"]
 
@@ -31,9 +32,12 @@ class GRPO(OnlineAlgorithm):
         dr_grpo  the same l_it; L = sum_it l_it / (N * max_new_tokens)  (Liu et al. 2025,
                  arXiv:2503.20783: no length normalisation, no std division)
         dapo     the same l_it, epsilon_high 0.28 by default (clip-higher); L = sum_it l_it / sum_i |o_i|
-                 (token mean over the batch); groups whose rewards are all equal are left out
-                 (dynamic sampling's filter; the batch is not refilled); ``overlong_buffer``
-                 adds the soft overlong penalty (Yu et al. 2025, arXiv:2503.14476, eq. 13)
+                 (token mean over the batch); dynamic sampling: groups whose rewards are all
+                 equal teach nothing and are left out, and more prompts are drawn to refill
+                 the batch (up to ``refill_rounds`` draws of as many prompts as are missing;
+                 flat groups make up what is still missing, with advantage 0, so every
+                 rollout trains on B groups); ``overlong_buffer`` adds the soft overlong
+                 penalty (Yu et al. 2025, arXiv:2503.14476, sec. 3.2 and eq. 13)
         gspo     s_i = exp(mean_t log rho_it) (sequence-level, length-normalised);
                  l_i = -min(s_i A_i, clip(s_i) A_i) + beta mean_t k3_it; L = mean_i l_i
                  (Zheng et al. 2025, arXiv:2507.18071, eq. 5-7; the paper clips sequence
@@ -69,6 +73,7 @@ class GRPO(OnlineAlgorithm):
         mask_truncated_completions: bool = False,
         overlong_buffer: int | None = None,
         overlong_penalty: float = 1.0,
+        refill_rounds: int | None = None,
         temperature: float = 1.0,
         max_new_tokens: int = 48,
     ):
@@ -86,6 +91,8 @@ class GRPO(OnlineAlgorithm):
             overlong_buffer: DAPO's soft overlong penalty over the last this many tokens of
                 ``max_new_tokens``; None: none
             overlong_penalty: the penalty at ``max_new_tokens`` (it grows linearly over the buffer)
+            refill_rounds: dapo: draws of more prompts to replace flat groups (0: only leave
+                them out, the batch shrinks); default 3 for dapo; other loss types keep every group
             temperature: sampling temperature; log-probs are computed from logits / T
             max_new_tokens: longest completion sampled
         """
@@ -104,6 +111,9 @@ class GRPO(OnlineAlgorithm):
         self.num_iterations, self.minibatch_size = num_iterations, minibatch_size
         self.mask_truncated_completions = mask_truncated_completions
         self.overlong_buffer, self.overlong_penalty = overlong_buffer, overlong_penalty
+        if refill_rounds is not None and (refill_rounds < 0 or (refill_rounds > 0 and loss_type != "dapo")):
+            raise ValueError(f"refill_rounds is dapo's dynamic sampling: >= 0, and only with loss_type dapo, got {refill_rounds}")
+        self.refill_rounds = (3 if loss_type == "dapo" else 0) if refill_rounds is None else refill_rounds
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         # What the module reads: G rows per prompt, and a reference only when the KL term is on.
         self.samples_per_prompt = num_generations
@@ -123,13 +133,22 @@ class GRPO(OnlineAlgorithm):
     @torch.no_grad()
     def rollout(self, ctx, prompts) -> Experience:
         g = self.num_generations
-        prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(g)]
-        texts = [text for text in prompts["prompts"] for _ in range(g)]
-        columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(g)]
-        sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
-        scores = ctx.reward(texts, sampled.completions, columns).float()
-        rewards = scores + overlong_penalty(sampled.lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_penalty) \
-            if self.overlong_buffer is not None else scores
+        sampled, texts, columns, scores = self._sample_groups(ctx, prompts)
+        groups = len(prompts["prompts"])
+        refill_prompts = 0
+        if self.refill_rounds:  # DAPO's dynamic sampling: more prompts until the batch is informative
+            pieces = [(sampled, texts, columns, scores)]
+            for draw in range(1, self.refill_rounds + 1):
+                informative = int((~group_is_flat(self._rewards(scores, sampled), g)).sum())
+                if informative >= groups:
+                    break
+                more = ctx.more_prompts(groups - informative, draw)
+                refill_prompts += len(more["prompts"])
+                pieces.append(self._sample_groups(ctx, more))
+                sampled = concat_rollouts([piece[0] for piece in pieces])
+                texts, columns = [t for piece in pieces for t in piece[1]], [c for piece in pieces for c in piece[2]]
+                scores = torch.cat([piece[3] for piece in pieces])
+        rewards = self._rewards(scores, sampled)
         full = sampled.batch
         mask = full["completion_mask"][:, 1:]
         policy_full = log_ratio = None
@@ -142,7 +161,9 @@ class GRPO(OnlineAlgorithm):
         advantages = self.advantages(rewards, mask.bool() & scored[:, None], log_ratio, getattr(ctx, "sum_over_processes", None))
         flat_groups = group_is_flat(rewards, g)
         keep = scored.clone()
-        if self.loss_type == "dapo":
+        if self.refill_rounds:
+            keep &= chosen_groups(flat_groups, groups).repeat_interleave(g)
+        elif self.loss_type == "dapo":
             keep &= ~flat_groups.repeat_interleave(g)  # all-equal groups teach nothing
         if self.mask_truncated_completions:
             keep &= sampled.finished
@@ -151,8 +172,8 @@ class GRPO(OnlineAlgorithm):
         tensors = {k: v.index_select(0, rows) for k, v in sampled.batch.items() if k != "logp_index"}
         batch = {**tensors, "logp_index": completion_index(tensors["completion_mask"])}
         tensors["advantages"] = advantages.index_select(0, rows)
-        tensors["group_index"] = torch.arange(len(prompt_ids) // g, device=rows.device).repeat_interleave(g).index_select(0, rows)
-        if len(rows) and self.updates_per_rollout(len(keep)) > 1:  # pi_old differs from pi after the first step
+        tensors["group_index"] = torch.arange(len(texts) // g, device=rows.device).repeat_interleave(g).index_select(0, rows)
+        if len(rows) and self.updates_per_rollout(groups * g) > 1:  # pi_old differs from pi after the first step
             tensors["old_logps"] = (policy_full.index_select(0, rows) if policy_full is not None
                                     else ctx.policy_logps(batch, temperature=self.temperature).token_logps)
         if len(rows) and self.beta > 0 and self.kl_in_loss:
@@ -168,11 +189,27 @@ class GRPO(OnlineAlgorithm):
         if g > 1:  # a group of one has no spread
             metrics["objective/reward_std_in_group"] = group_moments(rewards, g)[2].mean()
             metrics["objective/zero_variance_groups"] = flat_groups.float().mean()
+        if self.refill_rounds:
+            metrics["objective/refill_prompts"] = torch.tensor(float(refill_prompts))
         if log_ratio is not None:
             metrics["objective/kl"] = log_ratio.sum(-1).mean()  # k1 per completion, as in the reward
         kept = rows.tolist()
         return Experience(tensors, [texts[i] for i in kept], [sampled.completions[i] for i in kept], scores.index_select(0, rows),
                           {k: v.detach().float() for k, v in metrics.items()})
+
+    def _sample_groups(self, ctx, prompts) -> tuple:
+        """G completions of every prompt of a batch, scored: (rollout, prompt texts, columns, scores)."""
+        g = self.num_generations
+        prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(g)]
+        texts = [text for text in prompts["prompts"] for _ in range(g)]
+        columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(g)]
+        sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
+        return sampled, texts, columns, ctx.reward(texts, sampled.completions, columns).float()
+
+    def _rewards(self, scores: torch.Tensor, sampled) -> torch.Tensor:
+        if self.overlong_buffer is None:
+            return scores
+        return scores + overlong_penalty(sampled.lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_penalty)
 
     def advantages(self, rewards: torch.Tensor, mask: torch.Tensor, log_ratio: torch.Tensor | None, sum_over_processes=None) -> torch.Tensor:
         """``[N]`` (one per completion) or ``[N, T-1]`` (per token) advantages from the rewards
@@ -264,6 +301,18 @@ def group_moments(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor,
     centred = torch.where(scored, grouped - mean[:, None], torch.zeros_like(grouped))
     std = torch.sqrt((centred**2).sum(-1) / (count - 1).clamp(min=1))
     return mean, centred, std
+
+
+def chosen_groups(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """``[groups]``: the ``count`` groups a refilled rollout trains on: the informative
+    (not flat) ones first, in order, then flat ones in order to make up the count when too
+    few were found. A flat group's advantages are all 0: it adds no policy gradient, but
+    every rollout keeps the same size (under data parallelism, the same number of
+    optimiser steps on every process)."""
+    order = torch.cat([(~flat).nonzero().flatten(), flat.nonzero().flatten()])[:count]
+    chosen = torch.zeros_like(flat)
+    chosen[order] = True
+    return chosen
 
 
 def group_is_flat(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

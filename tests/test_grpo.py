@@ -106,7 +106,8 @@ def test_rollout_on_the_tiny_model_groups_rows_and_drops_flat_groups(tiny_tokeni
 
     torch.manual_seed(0)
     for loss_type in ("grpo", "dapo"):
-        algorithm = create_algorithm("grpo", loss_type=loss_type, max_new_tokens=6)
+        # refill_rounds 0: the filter alone (refilling draws prompts from a Trainer's data)
+        algorithm = create_algorithm("grpo", loss_type=loss_type, max_new_tokens=6, refill_rounds=0 if loss_type == "dapo" else None)
         module = make_policy_module(algorithm, reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))
         prompts = make_batch("prompt", module.tokenizer)
         experience = algorithm.rollout(module, prompts)
@@ -120,6 +121,62 @@ def test_rollout_on_the_tiny_model_groups_rows_and_drops_flat_groups(tiny_tokeni
         if len(experience):
             out = algorithm.loss(module, next(iter(algorithm.minibatches(experience))))
             assert torch.isfinite(out.loss)
+
+
+class RefillWorld:
+    """A ctx whose prompts are letters: a group is informative (rewards 0, 1, 0, 1) when its
+    prompt is in INFORMATIVE, flat (all 0) otherwise; refills come from REFILLS in order."""
+
+    INFORMATIVE = {"b", "d", "f"}
+    REFILLS = ["d", "e", "f", "g"]
+
+    def __init__(self):
+        self.draws = []
+
+    @staticmethod
+    def batch(letters):
+        return {"prompt_ids": [[ord(x)] for x in letters], "prompts": list(letters), "columns": [{} for _ in letters]}
+
+    def generate(self, prompt_ids, temperature, top_p, max_new_tokens):
+        from lightning_rlhf.data.collate import pad_sequences
+        from lightning_rlhf.rollout import Rollout
+
+        batch = pad_sequences([(ids, [1, 2] if i % 2 else [3]) for i, ids in enumerate(prompt_ids)], 0)
+        n = len(prompt_ids)
+        return Rollout(batch, [str(i % 2) for i in range(n)], torch.ones(n, dtype=torch.bool),
+                       torch.tensor([2 if i % 2 else 1 for i in range(n)]))
+
+    def reward(self, prompts, completions, columns):
+        return torch.tensor([float(p in self.INFORMATIVE and c == "1") for p, c in zip(prompts, completions)])
+
+    def more_prompts(self, count, draw):
+        self.draws.append((count, draw))
+        taken, self.REFILLS = self.REFILLS[:count], self.REFILLS[count:]
+        return self.batch(taken)
+
+
+def test_dapo_refills_flat_groups_with_more_prompts():
+    """Prompts a (flat), b, c (flat): one informative group of 3. Draw 1 asks for 2 more (d, e:
+    one informative), draw 2 for 1 more (f): three informative groups, b, d, f, are trained on."""
+    world = RefillWorld()
+    algorithm = create_algorithm("grpo", loss_type="dapo", num_generations=4)
+    experience = algorithm.rollout(world, world.batch("abc"))
+    assert world.draws == [(2, 1), (1, 2)]
+    assert experience.prompts == [x for x in "bdf" for _ in range(4)]
+    assert experience.group_index.tolist() == [g for g in (1, 3, 5) for _ in range(4)]
+    assert experience.metrics["objective/refill_prompts"].item() == 3
+    assert experience.tensors["input_ids"].shape[1] == 3  # the refills' rows padded to the widest
+
+
+def test_dapo_makes_up_a_short_batch_with_flat_groups():
+    """One draw only: b and d are informative, and the first flat group (a) makes up the third,
+    with advantages 0, so every rollout trains on B groups."""
+    world = RefillWorld()
+    experience = create_algorithm("grpo", loss_type="dapo", num_generations=4, refill_rounds=1).rollout(world, world.batch("abc"))
+    assert experience.prompts == [x for x in "abd" for _ in range(4)]
+    assert experience.tensors["advantages"][:4].abs().max().item() == 0.0
+    with pytest.raises(ValueError, match="only with loss_type dapo"):
+        create_algorithm("grpo", loss_type="grpo", refill_rounds=2)
 
 
 def test_an_empty_rollout_yields_no_step():

@@ -41,8 +41,12 @@ KINDS = {
         "reinforce_pp", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl",
         {"num_generations": 2, "baseline": True, "beta": 0.01, "max_new_tokens": 8},
     ),
+    # DAPO's dynamic sampling on: the tiny model's groups are mostly flat, so rollouts draw
+    # refill prompts, and a resumed run must draw the same ones
+    "dapo": ("grpo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"num_generations": 2, "loss_type": "dapo", "max_new_tokens": 8}),
+    "rloo": ("rloo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"num_generations": 2, "beta": 0.05, "max_new_tokens": 8}),
 }
-ONLINE = ("ppo", "grpo", "reinforce_pp")
+ONLINE = ("ppo", "grpo", "reinforce_pp", "dapo", "rloo")
 REWARD = {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -109,9 +110,10 @@ def apply_lora(model: PreTrainedModel, lora: LoraSettings, task_type: str = "CAU
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    # A peft model exists only once peft is imported; importing it to find out would cost
+    # seconds (it imports bitsandbytes) on the first forward of every run without LoRA.
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def unwrap(model: torch.nn.Module) -> PreTrainedModel:

@@ -18,7 +18,8 @@ batch of prompts. The module also times generation against the whole step and lo
 What the module lends an online plugin, beside ``policy_logps``/``reference_logps``
 (both take ``temperature``; ``policy_logps`` also ``entropy=True``):
 ``generate(prompt_ids, temperature, top_p, max_new_tokens) -> Rollout``,
-``reward(prompts, completions, columns=None) -> Tensor[N]`` and ``values(batch) -> Tensor[N, T-1]``.
+``reward(prompts, completions, columns=None) -> Tensor[N]``, ``values(batch) -> Tensor[N, T-1]``
+and ``more_prompts(count, draw)`` (more training prompts, for refilling a rollout).
 """
 
 from __future__ import annotations
@@ -107,6 +108,23 @@ class OnlineMixin:
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
 
+    def more_prompts(self, count: int, draw: int) -> dict:
+        """``count`` more training prompts, a batch like the data loader's, drawn at random
+        (with replacement) from the training rows: DAPO's dynamic sampling refills a
+        rollout with them. The draw is seeded by the data seed, this process's rank, the
+        optimiser step and ``draw`` (which refill of this rollout), so a resumed run draws
+        what the uninterrupted run drew with nothing to checkpoint, and every process
+        draws its own prompts."""
+        trainer = self._trainer
+        data = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if data is None or not getattr(data, "train_rows", None):
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} draws more prompts during a rollout: it needs a Trainer "
+                               "fitting with a prompt data module")
+        seed = ((int(data.seed) * 1_000_003 + trainer.global_rank) * 1_000_003 + trainer.global_step) * 101 + draw
+        generator = torch.Generator().manual_seed(seed % (2**63))
+        rows = torch.randint(len(data.train_rows), (count,), generator=generator).tolist()
+        return data.collator()([data.train_rows[i] for i in rows])
+
     @property
     def sum_over_processes(self) -> Callable[[Tensor], Tensor] | None:
         """Sums a tensor over the processes of a data-parallel run, for statistics of the whole
@@ -159,6 +177,7 @@ class OnlineMixin:
         loss_sum, metric_sums, updates = 0.0, {}, 0
         for minibatch in self.algorithm.minibatches(experience):
             rows = int(minibatch["loss_rows"])
+            self._count_over_processes(minibatch)
             for micro in split_micro_batches(minibatch, self.online_settings.micro_batch_size):
                 out = self.algorithm.loss(self, micro)
                 self.manual_backward(out.loss)
@@ -188,6 +207,17 @@ class OnlineMixin:
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32).detach() for k, v in metrics.items()}, batch_size=n)
         self.log("train/scores", experience.metrics.get("objective/scores", torch.tensor(0.0)), prog_bar=True, batch_size=n, logger=False)
         self._maybe_log_samples(experience)
+
+    def _count_over_processes(self, minibatch: dict[str, Tensor]) -> None:
+        """Under data parallelism, make ``loss_tokens`` and ``loss_rows`` the processes' mean
+        counts: a loss that divides its sum by them then has, after DDP averages the
+        gradients, the gradient of the mean over the whole global minibatch (DAPO's token
+        mean over the batch), not the mean of per-process means."""
+        total = self.sum_over_processes
+        if total is None:
+            return
+        counts = total(torch.stack([minibatch["loss_tokens"], minibatch["loss_rows"]]).to(self.device, torch.float32))
+        minibatch["loss_tokens"], minibatch["loss_rows"] = counts / self.trainer.world_size
 
     @torch.no_grad()
     def online_validation_step(self, batch: dict, batch_idx: int) -> None:
