@@ -80,3 +80,23 @@ def test_the_shipped_answer_column_recipe_trains(tmp_path):
                  "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                  "--trainer.default_root_dir", str(tmp_path), "--model.init_args.export_dir", "null"])
     assert code == 0
+
+
+def test_a_gsm8k_layout_file_reaches_the_exact_answer_reward(tmp_path, tiny_tokenizer):
+    """{"question", "answer": "... #### 72"} rows: `columns` maps the question to the prompt,
+    `instruction` makes it a user message for the chat template, and the answer column
+    reaches the reward, which reads GSM8K's "#### N"."""
+    from lightning_rlhf.data.prompts import ChatPrompt
+
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps({"question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+                                "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nAltogether 72.\n#### 72"}) + "\n")
+    data = PromptDataModule(path=str(path), columns={"prompt": "question"}, instruction='End with "Answer: N".', max_length=256)
+    data.tokenizer = tiny_tokenizer
+    row = data.load(str(path))[0]
+    assert isinstance(row["prompt"], ChatPrompt)
+    assert row["prompt"].messages == [{"role": "user", "content": "Natalia sold 48 clips in April and half as many in May. "
+                                       "How many in all?\n\nEnd with \"Answer: N\"."}]
+    assert set(row["columns"]) == {"answer"}
+    reward = FunctionReward("lightning_rlhf.rewards.answers.exact_answer")
+    assert reward([row["prompt"]] * 2, ["48 + 24 = 72\nAnswer: 72", "Answer: 70"], [row["columns"]] * 2).tolist() == [1.0, 0.0]

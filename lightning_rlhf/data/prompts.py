@@ -79,8 +79,21 @@ class PromptDataModule(TextDataModule):
     data_kind = "prompt"
     fields = ("prompt",)
 
+    def __init__(self, *args, instruction: str | None = None, **kwargs):
+        """
+        Args:
+            instruction: makes each plain-text prompt a conversation for an instruct model:
+                one user message, the prompt, a blank line and this text (e.g. how to mark
+                the final answer), rendered with the chat template
+        """
+        super().__init__(*args, **kwargs)
+        self.instruction = instruction
+
     def parse(self, checker: RowChecker) -> PromptExample:
-        return parse_prompt(checker)
+        example = parse_prompt(checker)
+        if self.instruction is not None and isinstance(example.prompt, str):
+            example.prompt = [{"role": "user", "content": f"{example.prompt}\n\n{self.instruction}"}]
+        return example
 
     def encode(self, example: PromptExample, tokenization: Tokenization) -> dict | None:
         text = render_prompt(tokenization, example.prompt)
