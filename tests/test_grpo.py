@@ -257,7 +257,7 @@ def test_each_variant_raises_a_hand_written_reward(tmp_path, name, settings):
     The mean starts at 0.03 (a random byte-level model).
 
     Measured over seeds 0-3 on the AVX2 and default kernel paths (8 runs each, the seed set
-    after the first measurement): after = grpo 2.52-4.75, dr_grpo 2.30-5.47, dapo 1.08-2.58,
+    after the first measurement): after = grpo 2.52-4.75, dr_grpo 2.30-5.47, dapo 2.39-6.66 (refilling flat groups),
     gspo 6.69-7.69, cispo 2.86-7.97, rloo 1.23-4.41, reinforce_pp 1.39-4.98; the threshold
     is +0.5."""
     from tests.online_learning import letter_e_before_and_after
@@ -265,8 +265,8 @@ def test_each_variant_raises_a_hand_written_reward(tmp_path, name, settings):
     algorithm = create_algorithm(name, num_generations=4, num_iterations=2, minibatch_size=16, max_new_tokens=8, **settings)
     before, after, trainer = letter_e_before_and_after(tmp_path, algorithm)
     assert before < 0.5 and after > before + 0.5, (before, after)
-    if settings.get("loss_type") != "dapo":  # dapo drops flat groups, so it may take fewer steps
-        assert trainer.global_step == 6 * 2 * 2 * 2  # epochs x rollouts x passes x minibatches
+    # dapo too: flat groups are replaced by groups of freshly drawn prompts, or made up with flat ones
+    assert trainer.global_step == 6 * 2 * 2 * 2  # epochs x rollouts x passes x minibatches
 
 
 def test_reinforce_pp_with_one_sample_per_prompt_logs_finite_metrics(tiny_tokenizer):
