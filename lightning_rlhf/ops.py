@@ -140,6 +140,24 @@ def sigmoid_preference_loss(logits: Tensor, label_smoothing: float = 0.0) -> Ten
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
 
+def preference_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor, chosen_logps: Tensor, rejected_logps: Tensor,
+                       correct: Tensor | None = None) -> dict[str, Tensor]:
+    """What every pairwise objective logs, under TRL's names (detached batch means): the
+    rewards it gives the chosen and rejected answers, how often the chosen one is ahead
+    (``correct``: where the objective ranks the pair by something else than this margin),
+    the margin, and the answers' summed log-probs."""
+    margins = chosen_rewards - rejected_rewards
+    correct = margins > 0 if correct is None else correct
+    return {
+        "rewards/chosen": chosen_rewards.detach().mean(),
+        "rewards/rejected": rejected_rewards.detach().mean(),
+        "rewards/accuracies": correct.detach().float().mean(),
+        "rewards/margins": margins.detach().mean(),
+        "logps/chosen": chosen_logps.detach().mean(),
+        "logps/rejected": rejected_logps.detach().mean(),
+    }
+
+
 # -- online RL (PPO) ------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 import torch.nn.functional as F
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
+from lightning_rlhf.ops import preference_metrics
 
 
 @register_algorithm("cpl")
@@ -74,17 +75,11 @@ class CPL(Algorithm):
         cloned = logps.chunk(2)[0] if self.bc_data == "chosen" else logps
         bc_nll = -cloned.token_logps.sum() / cloned.mask.sum().clamp(min=1)
         loss = cpl_loss + self.bc_coeff * bc_nll if self.bc_coeff > 0 else cpl_loss
-        margins = score_chosen - score_rejected
         return LossOutput(
             loss,
             {
                 "cpl_loss": cpl_loss.detach(),
                 "nll": bc_nll.detach(),
-                "rewards/chosen": score_chosen.detach().mean(),
-                "rewards/rejected": score_rejected.detach().mean(),
-                "rewards/accuracies": (margins > 0).float().mean().detach(),
-                "rewards/margins": margins.detach().mean(),
-                "logps/chosen": sum_chosen.detach().mean(),
-                "logps/rejected": sum_rejected.detach().mean(),
+                **preference_metrics(score_chosen, score_rejected, sum_chosen, sum_rejected),
             },
         )

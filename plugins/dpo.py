@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
-from lightning_rlhf.ops import sigmoid_preference_loss
+from lightning_rlhf.ops import preference_metrics, sigmoid_preference_loss
 
 
 @register_algorithm("dpo")
@@ -42,14 +42,4 @@ class DPO(Algorithm):
         rejected_rewards = self.beta * (policy_rejected - reference_rejected)
         margins = chosen_rewards - rejected_rewards
         loss = sigmoid_preference_loss(margins, self.label_smoothing).mean()
-        return LossOutput(
-            loss,
-            {
-                "rewards/chosen": chosen_rewards.detach().mean(),
-                "rewards/rejected": rejected_rewards.detach().mean(),
-                "rewards/accuracies": (margins > 0).float().mean().detach(),
-                "rewards/margins": margins.detach().mean(),
-                "logps/chosen": policy_chosen.detach().mean(),
-                "logps/rejected": policy_rejected.detach().mean(),
-            },
-        )
+        return LossOutput(loss, preference_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
+from lightning_rlhf.ops import preference_metrics
 
 
 @register_algorithm("ipo")
@@ -60,12 +61,7 @@ class IPO(Algorithm):
         return LossOutput(
             loss,
             {
-                "rewards/chosen": chosen_rewards.detach().mean(),
-                "rewards/rejected": rejected_rewards.detach().mean(),
-                "rewards/accuracies": (h > 0).float().mean().detach(),
-                "rewards/margins": (chosen_rewards - rejected_rewards).detach().mean(),
-                "logps/chosen": policy_chosen.detach().mean(),
-                "logps/rejected": policy_rejected.detach().mean(),
+                **preference_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, correct=h > 0),
                 "ipo/h": h.detach().mean(),
             },
         )

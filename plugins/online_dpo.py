@@ -7,7 +7,7 @@ import math
 import torch
 
 from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
-from lightning_rlhf.ops import completion_index, sigmoid_preference_loss
+from lightning_rlhf.ops import completion_index, preference_metrics, sigmoid_preference_loss
 
 
 @register_algorithm("online_dpo")
@@ -110,14 +110,7 @@ class OnlineDPO(OnlineAlgorithm):
         # Divided by the whole minibatch's pair count, so micro-batch losses add up to it.
         pairs = batch["loss_rows"].to(margins.dtype) / 2
         loss = sigmoid_preference_loss(margins, self.label_smoothing).sum() / pairs
-        return LossOutput(loss, {
-            "rewards/chosen": chosen_rewards.detach().mean(),
-            "rewards/rejected": rejected_rewards.detach().mean(),
-            "rewards/accuracies": (margins > 0).float().mean().detach(),
-            "rewards/margins": margins.detach().mean(),
-            "logps/chosen": policy_chosen.detach().mean(),
-            "logps/rejected": policy_rejected.detach().mean(),
-        })
+        return LossOutput(loss, preference_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected))
 
     def sample_table(self, experience: Experience, rows: int) -> tuple[list[str], list[list]]:
         data = [[experience.prompts[i], experience.completions[i], experience.completions[i + 1],

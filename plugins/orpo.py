@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
+from lightning_rlhf.ops import preference_metrics
 
 # Length-averaged log-probs within float32 rounding of 0 would make log(1 - p) = -inf.
 LOGP_CEILING = -1e-6
@@ -70,11 +71,6 @@ class ORPO(Algorithm):
                 "nll": nll.detach(),
                 "odds_ratio_loss": odds_ratio_loss.detach(),
                 "log_odds_ratio": log_odds_ratio.detach().mean(),
-                "rewards/chosen": chosen_rewards.detach().mean(),
-                "rewards/rejected": rejected_rewards.detach().mean(),
-                "rewards/accuracies": (log_odds_ratio > 0).float().mean().detach(),
-                "rewards/margins": (chosen_rewards - rejected_rewards).detach().mean(),
-                "logps/chosen": sum_chosen.detach().mean(),
-                "logps/rejected": sum_rejected.detach().mean(),
+                **preference_metrics(chosen_rewards, rejected_rewards, sum_chosen, sum_rejected, correct=log_odds_ratio > 0),
             },
         )

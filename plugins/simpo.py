@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm
-from lightning_rlhf.ops import sigmoid_preference_loss
+from lightning_rlhf.ops import preference_metrics, sigmoid_preference_loss
 
 
 @register_algorithm("simpo")
@@ -75,12 +75,5 @@ class SimPO(Algorithm):
             loss = loss + self.sft_weight * nll
             metrics["nll"] = nll.detach()
         sum_chosen, sum_rejected = logps.sum().chunk(2)
-        metrics |= {
-            "rewards/chosen": chosen_rewards.detach().mean(),
-            "rewards/rejected": rejected_rewards.detach().mean(),
-            "rewards/accuracies": (margins > 0).float().mean().detach(),
-            "rewards/margins": margins.detach().mean(),
-            "logps/chosen": sum_chosen.detach().mean(),
-            "logps/rejected": sum_rejected.detach().mean(),
-        }
+        metrics |= preference_metrics(chosen_rewards, rejected_rewards, sum_chosen, sum_rejected)
         return LossOutput(loss, metrics)
