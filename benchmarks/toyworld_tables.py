@@ -5,6 +5,7 @@
     python benchmarks/toyworld_tables.py rlvr            # the checkable world: GRPO family, RLOO, REINFORCE++,
                                                          # online DPO, PPO, rejection sampling; held-out accuracy
     python benchmarks/toyworld_tables.py pooled A.json B.json ...  # where a rerun lands
+    python benchmarks/toyworld_tables.py rlvr-report A.json B.json --figure F.png  # rlvr methods run apart, joined
 
 ``pooled`` reads the same results measured on several kernel paths (a pipeline's
 ``evaluation.json`` or a table's ``<table>.json``), pools every seed's value and prints, per
@@ -110,6 +111,40 @@ def rlvr_pipeline(out: str, seeds: list[int], methods: list[str]) -> dict:
 GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
 
 
+def rlvr_report(paths: list[str], figure: str | None) -> str:
+    """One table (and figure) of rlvr results run as several pipelines (methods split over
+    processes): each method's row from whichever results file holds it."""
+    header = ["method", "held-out accuracy", "KL to SFT (nats)", "length (tokens)", "fit wall time"]
+    rows, points, baseline, capabilities = [], [], None, set()
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        capabilities.add(data["cpu_capability"])
+        summaries = data["summaries"]
+        pipeline = parse_pipeline(rlvr_pipeline(str(Path(path).parent), data["seeds"], list(summaries)), path)
+        seconds = _fit_seconds(data["stages"], pipeline)
+        if baseline is None:
+            sft = [r["reference"]["mean_reward"] for r in next(iter(summaries.values()))["reports"]]
+            length = [r["reference"]["mean_length"] for r in next(iter(summaries.values()))["reports"]]
+            rows.append(["SFT (`builtin:arithmetic`)", cell(sft, ".1f", percent=True), "0", cell(length, ".1f"), "-"])
+            baseline = mean_interval(sft)
+        for name, summary in summaries.items():
+            rows.append(accuracy_row(name, summary, seconds[name]))
+            f = summary["figures"]
+            points.append((name, f["kl"], f["policy_mean_reward"]))
+    text = markdown(header, rows)
+    if figure:
+        from lightning_rlhf.plots import Point, reward_vs_kl
+
+        drawn = [Point(name, kl["mean"], acc["mean"], kl["half_width"], acc["half_width"]) for name, kl, acc in points]
+        reward_vs_kl(drawn, figure, title="Checkable world: held-out accuracy bought for KL, 500 prompts",
+                     note=f"{baseline.n} seeds, {', '.join(sorted(capabilities))} kernels; bars: 95% t-interval of the mean; "
+                          "7680 sampled completions each",
+                     baseline=Point("SFT", 0.0, baseline.mean, reward_err=baseline.half_width),
+                     ylabel="held-out accuracy (exact answer)", percent=True)
+        text += f"\n\nwrote {figure}"
+    return text
+
+
 def cell(values: list[float], spec: str, percent: bool = False) -> str:
     return format_figure(mean_interval(values).as_dict(), spec, percent)
 
@@ -213,15 +248,18 @@ def pooled(paths: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["objectives", "self-training", "rlvr", "pooled"])
-    parser.add_argument("results", nargs="*", help="pooled: the results files to pool")
+    parser.add_argument("table", choices=["objectives", "self-training", "rlvr", "rlvr-report", "pooled"])
+    parser.add_argument("results", nargs="*", help="pooled: the results files to pool; rlvr-report: the rlvr results to join")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--methods", nargs="+", default=list(RLVR_METHODS), choices=RLVR_METHODS, help="rlvr: the methods")
     parser.add_argument("--best-of-n", default="2,4,8,16,32")
     parser.add_argument("--out", default=None, help="default: runs/tables/<table>")
-    parser.add_argument("--figure", default=None, help="pooled: also draw reward against KL to this PNG")
+    parser.add_argument("--figure", default=None, help="pooled, rlvr-report: also draw reward (accuracy) against KL to this PNG")
     args = parser.parse_args()
+    if args.table == "rlvr-report":
+        print(rlvr_report(args.results, args.figure))
+        return
     if args.table == "pooled":
         if len(args.results) < 2:
             parser.error("pooled needs two or more results files")

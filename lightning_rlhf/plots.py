@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: a CI machine has no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,14 @@ def reward_vs_kl(
     note: str = "",
     curve: tuple[str, Sequence[float], Sequence[float], Sequence[float]] | None = None,
     baseline: Point | None = None,
+    ylabel: str = "mean gold reward",
+    percent: bool = False,
 ) -> Path:
     """Write a reward-against-KL figure to ``path`` (PNG or SVG by suffix).
 
     ``curve``: ``(label, kls, rewards, reward_errs)``, drawn as a line with a band (best-of-n
     at its analytic KL); ``baseline``: the reference policy, drawn at KL 0 as a dashed line
-    across the figure with its band.
+    across the figure with its band. ``percent``: rewards are shares (accuracy), shown in %.
     """
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     if baseline is not None:
@@ -57,7 +60,9 @@ def reward_vs_kl(
         ax.errorbar(point.kl, point.reward, xerr=point.kl_err, yerr=point.reward_err, fmt="o", capsize=3,
                     color=colors(i % 10), label=point.label)
     ax.set_xlabel("KL to the SFT policy (nats per completion)")
-    ax.set_ylabel("mean gold reward")
+    ax.set_ylabel(ylabel)
+    if percent:
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
