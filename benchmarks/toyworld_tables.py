@@ -140,7 +140,7 @@ def rlvr_report(paths: list[str], figure: str | None) -> str:
                      note=f"{baseline.n} seeds, {', '.join(sorted(capabilities))} kernels; bars: 95% t-interval of the mean; "
                           "7680 sampled completions each",
                      baseline=Point("SFT", 0.0, baseline.mean, reward_err=baseline.half_width),
-                     ylabel="held-out accuracy (exact answer)", percent=True)
+                     ylabel="held-out accuracy (exact answer)", percent=True, legend="lower right")
         text += f"\n\nwrote {figure}"
     return text
 

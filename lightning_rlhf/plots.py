@@ -38,6 +38,7 @@ def reward_vs_kl(
     baseline: Point | None = None,
     ylabel: str = "mean gold reward",
     percent: bool = False,
+    legend: str = "center right",
 ) -> Path:
     """Write a reward-against-KL figure to ``path`` (PNG or SVG by suffix).
 
@@ -66,7 +67,7 @@ def reward_vs_kl(
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right", ncol=2)
+    ax.legend(fontsize=8, loc=legend, ncol=2)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
