@@ -7,6 +7,7 @@ it returns a :class:`LossOutput` and the module does the rest.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, Protocol
@@ -250,6 +251,23 @@ class OnlineAlgorithm(Algorithm):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def passes_over(experience: Experience, num_iterations: int, minibatch_size: int | None) -> Iterator[dict[str, Tensor]]:
+    """``num_iterations`` passes over a rollout in shuffled minibatches of whole groups of
+    about ``minibatch_size`` rows (None: the whole rollout), for :meth:`OnlineAlgorithm.minibatches`;
+    nothing for an empty rollout (every sample left out)."""
+    if len(experience) == 0:
+        return
+    size = minibatch_size or len(experience)
+    for _ in range(num_iterations):
+        for rows in experience.minibatch_rows(size):
+            yield experience.minibatch(rows)
+
+
+def passes_updates(rollout_size: int, num_iterations: int, minibatch_size: int | None) -> int:
+    """How many minibatches :func:`passes_over` yields for a rollout of ``rollout_size`` rows."""
+    return num_iterations * math.ceil(rollout_size / (minibatch_size or rollout_size))
 
 
 def hyperparameters(algorithm: Algorithm) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
+from lightning_rlhf.algorithm import passes_over, passes_updates
 from lightning_rlhf.ops import completion_index, masked_mean
 from lightning_rlhf.rollout import concat_rollouts
 
@@ -220,15 +221,10 @@ class GRPO(OnlineAlgorithm):
 
     # -- optimisation -------------------------------------------------------------------------
     def minibatches(self, experience: Experience):
-        if len(experience) == 0:  # every group was left out
-            return
-        size = self.minibatch_size or len(experience)
-        for _ in range(self.num_iterations):
-            for rows in experience.minibatch_rows(size):
-                yield experience.minibatch(rows)
+        return passes_over(experience, self.num_iterations, self.minibatch_size)
 
     def updates_per_rollout(self, rollout_size: int) -> int:
-        return self.num_iterations * math.ceil(rollout_size / (self.minibatch_size or rollout_size))
+        return passes_updates(rollout_size, self.num_iterations, self.minibatch_size)
 
     def loss(self, ctx, batch) -> LossOutput:
         new = ctx.policy_logps(batch, temperature=self.temperature)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
+from lightning_rlhf.algorithm import passes_over, passes_updates
 from lightning_rlhf.ops import completion_index, preference_metrics, sigmoid_preference_loss
 
 
@@ -91,15 +90,10 @@ class OnlineDPO(OnlineAlgorithm):
                           {k: v.detach().float() for k, v in metrics.items()})
 
     def minibatches(self, experience: Experience):
-        if len(experience) == 0:  # every pair tied
-            return
-        size = self.minibatch_size or len(experience)
-        for _ in range(self.num_iterations):
-            for rows in experience.minibatch_rows(size):
-                yield experience.minibatch(rows)
+        return passes_over(experience, self.num_iterations, self.minibatch_size)
 
     def updates_per_rollout(self, rollout_size: int) -> int:
-        return self.num_iterations * math.ceil(rollout_size / (self.minibatch_size or rollout_size))
+        return passes_updates(rollout_size, self.num_iterations, self.minibatch_size)
 
     def loss(self, ctx, batch) -> LossOutput:
         policy_chosen, policy_rejected = ctx.policy_logps(batch, temperature=self.temperature).sum().view(-1, 2).unbind(-1)

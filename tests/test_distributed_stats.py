@@ -41,13 +41,20 @@ def statistics(values, mask, scores, kl, sum_over_processes=None) -> dict:
     }
 
 
-def _worker(rank: int, init_file: str, out: str) -> None:
+def join_two_processes(rank: int, init_file: str):
+    """Join a 2-process gloo group; returns the sum over both processes."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
 
     def sum_over_processes(tensor):
         tensor = tensor.clone()
         dist.all_reduce(tensor)
         return tensor
+
+    return sum_over_processes
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    sum_over_processes = join_two_processes(rank, init_file)
 
     values, mask, scores, kl = (t[rank * 4 : (rank + 1) * 4] for t in rollout())
     # rank 0 holds scores 0..3, rank 1 scores 4..7; each update takes 1 then 3 of them
@@ -123,12 +130,7 @@ def dapo_gradient(rows: slice, sum_over_processes=None, world_size: int = 1, cou
 
 
 def _token_mean_worker(rank: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-
-    def sum_over_processes(tensor):
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        return tensor
+    sum_over_processes = join_two_processes(rank, init_file)
 
     rows = slice(2 * rank, 2 * rank + 2)
     result = {"global": dapo_gradient(rows, sum_over_processes, 2),
