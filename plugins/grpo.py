@@ -134,21 +134,21 @@ class GRPO(OnlineAlgorithm):
     @torch.no_grad()
     def rollout(self, ctx, prompts) -> Experience:
         g = self.num_generations
-        sampled, texts, columns, scores = self._sample_groups(ctx, prompts)
+        pieces = [self._sample_groups(ctx, prompts)]
         groups = len(prompts["prompts"])
         refill_prompts = 0
         if self.refill_rounds:  # DAPO's dynamic sampling: more prompts until the batch is informative
-            pieces = [(sampled, texts, columns, scores)]
+            informative = self._informative_groups(pieces[0])
             for draw in range(1, self.refill_rounds + 1):
-                informative = int((~group_is_flat(self._rewards(scores, sampled), g)).sum())
                 if informative >= groups:
                     break
                 more = ctx.more_prompts(groups - informative, draw)
                 refill_prompts += len(more["prompts"])
                 pieces.append(self._sample_groups(ctx, more))
-                sampled = concat_rollouts([piece[0] for piece in pieces])
-                texts, columns = [t for piece in pieces for t in piece[1]], [c for piece in pieces for c in piece[2]]
-                scores = torch.cat([piece[3] for piece in pieces])
+                informative += self._informative_groups(pieces[-1])
+        sampled = pieces[0][0] if len(pieces) == 1 else concat_rollouts([piece[0] for piece in pieces])
+        texts, columns = [t for piece in pieces for t in piece[1]], [c for piece in pieces for c in piece[2]]
+        scores = torch.cat([piece[3] for piece in pieces])
         rewards = self._rewards(scores, sampled)
         full = sampled.batch
         mask = full["completion_mask"][:, 1:]
@@ -206,6 +206,10 @@ class GRPO(OnlineAlgorithm):
         columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(g)]
         sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
         return sampled, texts, columns, ctx.reward(texts, sampled.completions, columns).float()
+
+    def _informative_groups(self, piece: tuple) -> int:
+        sampled, _, _, scores = piece
+        return int((~group_is_flat(self._rewards(scores, sampled), self.num_generations)).sum())
 
     def _rewards(self, scores: torch.Tensor, sampled) -> torch.Tensor:
         if self.overlong_buffer is None:
