@@ -175,16 +175,18 @@ class Experience:
     def minibatch(self, rows: Tensor | list[int]) -> dict[str, Tensor]:
         """The given rows as a training batch, trimmed of all-padding columns.
 
-        ``loss_tokens`` (completion tokens) and ``loss_rows`` count the whole minibatch: a
-        loss that divides its sum by them stays exact when the module cuts the minibatch
-        into micro-batches for gradient accumulation (the micro-batch losses then add up
-        to the minibatch loss).
+        ``loss_tokens`` (completion tokens) and ``loss_rows`` (rows with a completion token
+        to score: a plugin leaves a sample out of the loss by clearing its completion mask)
+        count the whole minibatch: a loss that divides its sum by them stays exact when the
+        module cuts the minibatch into micro-batches for gradient accumulation (the
+        micro-batch losses then add up to the minibatch loss).
         """
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.tensors["input_ids"].device)
         batch = {key: value.index_select(0, rows) for key, value in self.tensors.items()}
         batch = trim_padding(batch)
-        batch["loss_tokens"] = batch["completion_mask"][:, 1:].sum()
-        batch["loss_rows"] = torch.tensor(len(rows))
+        scored = batch["completion_mask"][:, 1:]
+        batch["loss_tokens"] = scored.sum()
+        batch["loss_rows"] = scored.any(-1).sum()
         return batch
 
 

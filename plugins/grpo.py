@@ -161,23 +161,29 @@ class GRPO(OnlineAlgorithm):
         scored = ~torch.isnan(rewards)
         advantages = self.advantages(rewards, mask.bool() & scored[:, None], log_ratio, getattr(ctx, "sum_over_processes", None))
         flat_groups = group_is_flat(rewards, g)
-        keep = scored.clone()
-        if self.refill_rounds:
-            keep &= chosen_groups(flat_groups, groups).repeat_interleave(g)
-        elif self.loss_type == "dapo":
+        in_batch = torch.ones_like(scored)
+        if self.refill_rounds:  # B of the refilled pool's groups
+            in_batch = chosen_groups(flat_groups, groups).repeat_interleave(g)
+        keep = scored & in_batch
+        if self.loss_type == "dapo" and not self.refill_rounds:
             keep &= ~flat_groups.repeat_interleave(g)  # all-equal groups teach nothing
         if self.mask_truncated_completions:
             keep &= sampled.finished
 
-        rows = keep.nonzero().flatten()
+        # A sample left out of the loss stays in the batch with no completion token to score:
+        # every process then holds B groups, cuts them into as many minibatches as the others
+        # and steps as often (one that stepped less would leave the others waiting in the
+        # gradient all-reduce).
+        rows = in_batch.nonzero().flatten()
         tensors = {k: v.index_select(0, rows) for k, v in sampled.batch.items() if k != "logp_index"}
+        tensors["completion_mask"] = tensors["completion_mask"] * keep.index_select(0, rows)[:, None].to(tensors["completion_mask"].dtype)
         batch = {**tensors, "logp_index": completion_index(tensors["completion_mask"])}
         tensors["advantages"] = advantages.index_select(0, rows)
         tensors["group_index"] = torch.arange(len(texts) // g, device=rows.device).repeat_interleave(g).index_select(0, rows)
-        if len(rows) and self.updates_per_rollout(groups * g) > 1:  # pi_old differs from pi after the first step
+        if self.updates_per_rollout(groups * g) > 1:  # pi_old differs from pi after the first step
             tensors["old_logps"] = (policy_full.index_select(0, rows) if policy_full is not None
                                     else ctx.policy_logps(batch, temperature=self.temperature).token_logps)
-        if len(rows) and self.beta > 0 and self.kl_in_loss:
+        if self.beta > 0 and self.kl_in_loss:
             tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).token_logps
         metrics = {
             "objective/scores": scores.nanmean(),
@@ -245,8 +251,9 @@ class GRPO(OnlineAlgorithm):
         if self.loss_type == "gspo":
             sequence_ratio = torch.exp(log_ratio.sum(-1) / lengths)  # [n]
             a = advantages.squeeze(-1)
-            per_sequence = -torch.minimum(sequence_ratio * a, sequence_ratio.clamp(low, high) * a)
-            clipped = ((sequence_ratio < low) | (sequence_ratio > high)).float().mean()
+            scored = (mask.sum(-1) > 0).to(logps.dtype)  # a row left out of the loss has no token
+            per_sequence = -torch.minimum(sequence_ratio * a, sequence_ratio.clamp(low, high) * a) * scored
+            clipped = masked_mean(((sequence_ratio < low) | (sequence_ratio > high)).float(), scored)
             token_loss = None
         elif self.loss_type == "cispo":
             ratio = torch.exp(log_ratio)
@@ -269,7 +276,7 @@ class GRPO(OnlineAlgorithm):
 
         # Divided by the whole minibatch's counts (loss_rows, loss_tokens), so that the
         # module's micro-batch losses add up to the minibatch's.
-        rows = batch["loss_rows"].to(logps.dtype)
+        rows = batch["loss_rows"].to(logps.dtype).clamp(min=1)  # 0 when every sample was left out
         if token_loss is None:  # gspo
             loss = per_sequence.sum() / rows
         elif self.loss_type == "grpo":

@@ -6,7 +6,7 @@ import torch
 
 from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
 from lightning_rlhf.algorithm import passes_over, passes_updates
-from lightning_rlhf.ops import completion_index, preference_metrics, sigmoid_preference_loss
+from lightning_rlhf.ops import completion_index, masked_mean, preference_metrics, sigmoid_preference_loss
 
 
 @register_algorithm("online_dpo")
@@ -68,23 +68,23 @@ class OnlineDPO(OnlineAlgorithm):
         sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
         scores = ctx.reward(texts, sampled.completions, columns).float()
         ranked = scores if self.missing_eos_penalty is None else scores - self.missing_eos_penalty * (~sampled.finished).float()
-        chosen_rows, rejected_rows = pair_rows(ranked)
+        chosen_rows, rejected_rows, decided = pair_rows(ranked)
         rows = torch.stack([chosen_rows, rejected_rows], -1).flatten()  # chosen, rejected, chosen, ...
         tensors = {k: v.index_select(0, rows) for k, v in sampled.batch.items() if k != "logp_index"}
+        # A tied pair stays in the batch with no completion token to score (every process
+        # keeps all its pairs, so all take the same number of optimiser steps) and adds no loss.
+        tensors["completion_mask"] = tensors["completion_mask"] * decided.repeat_interleave(2)[:, None].to(tensors["completion_mask"].dtype)
         batch = {**tensors, "logp_index": completion_index(tensors["completion_mask"])}
         tensors["group_index"] = torch.arange(len(chosen_rows), device=rows.device).repeat_interleave(2)
-        if len(rows):
-            tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).sum()
-        pairs = len(scores) // 2
+        tensors["ref_logps"] = ctx.reference_logps(batch, temperature=self.temperature).sum()
         metrics = {
             "objective/scores": scores.nanmean(),
-            "objective/tied_pair_fraction": torch.tensor(1 - len(chosen_rows) / max(pairs, 1)),
+            "objective/tied_pair_fraction": 1 - decided.float().mean(),
             "objective/no_eos_fraction": (~sampled.finished).float().mean(),
             "response_length": sampled.lengths.float().mean(),
+            "objective/chosen_scores": masked_mean(scores[chosen_rows].nan_to_num(), decided),
+            "objective/rejected_scores": masked_mean(scores[rejected_rows].nan_to_num(), decided),
         }
-        if len(chosen_rows):
-            metrics["objective/chosen_scores"] = scores[chosen_rows].mean()
-            metrics["objective/rejected_scores"] = scores[rejected_rows].mean()
         kept = rows.tolist()
         return Experience(tensors, [texts[i] for i in kept], [sampled.completions[i] for i in kept], scores.index_select(0, rows),
                           {k: v.detach().float() for k, v in metrics.items()})
@@ -96,14 +96,16 @@ class OnlineDPO(OnlineAlgorithm):
         return passes_updates(rollout_size, self.num_iterations, self.minibatch_size)
 
     def loss(self, ctx, batch) -> LossOutput:
-        policy_chosen, policy_rejected = ctx.policy_logps(batch, temperature=self.temperature).sum().view(-1, 2).unbind(-1)
+        policy = ctx.policy_logps(batch, temperature=self.temperature)
+        policy_chosen, policy_rejected = policy.sum().view(-1, 2).unbind(-1)
         reference_chosen, reference_rejected = batch["ref_logps"].view(-1, 2).unbind(-1)
         chosen_rewards = self.beta * (policy_chosen - reference_chosen)
         rejected_rewards = self.beta * (policy_rejected - reference_rejected)
         margins = chosen_rewards - rejected_rewards
-        # Divided by the whole minibatch's pair count, so micro-batch losses add up to it.
+        # Divided by the whole minibatch's count of decided pairs, so micro-batch losses add up to it.
+        decided = policy.mask.any(-1).view(-1, 2)[:, 0].to(margins.dtype)  # a tied pair has no token to score
         pairs = batch["loss_rows"].to(margins.dtype) / 2
-        loss = sigmoid_preference_loss(margins, self.label_smoothing).sum() / pairs
+        loss = (sigmoid_preference_loss(margins, self.label_smoothing) * decided).sum() / pairs.clamp(min=1)
         return LossOutput(loss, preference_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected))
 
     def sample_table(self, experience: Experience, rows: int) -> tuple[list[str], list[list]]:
@@ -113,12 +115,12 @@ class OnlineDPO(OnlineAlgorithm):
         return ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"], data
 
 
-def pair_rows(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For scores of pairs (rows 2i, 2i+1): the rows of the higher and of the lower score of
-    every pair that does not tie (a NaN, unscored, ties with everything)."""
+def pair_rows(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For scores of pairs (rows 2i, 2i+1): the row of the higher and of the lower score of
+    every pair, and whether the pair is decided (a tie is not; a NaN, unscored, ties with
+    everything); a tied pair keeps its order."""
     pairs = scores.view(-1, 2)
     decided = (pairs[:, 0] != pairs[:, 1]) & ~torch.isnan(pairs).any(-1)
-    first_wins = pairs[:, 0] > pairs[:, 1]
-    index = decided.nonzero().flatten()
-    chosen = 2 * index + (~first_wins[index]).long()
-    return chosen, 2 * index + first_wins[index].long()
+    second_wins = (pairs[:, 1] > pairs[:, 0]).long()
+    first = 2 * torch.arange(len(pairs), device=scores.device)
+    return first + second_wins, first + 1 - second_wins, decided

@@ -7,7 +7,13 @@ strategy) and writes to the spec's ``out`` directory:
 - ``losses_rank{r}.json``: for every optimiser step, the losses of the micro-batches
   that made it, as this process computed them (``training_step``'s return, before
   Lightning divides it by ``accumulate_grad_batches``);
-- ``policy.pt`` (rank 0): the policy's weights when training ends.
+- ``policy.pt`` (rank 0): the policy's weights when training ends;
+- ``online_rank{r}.json`` (online algorithms): the optimiser steps this process took and
+  the prompts its rollouts drew to refill (DAPO).
+
+An online spec (``"reward"`` set) trains on prompt rows against a rule reward; with
+``"engine": "scripted"`` its completions come from :class:`ScriptedEngine`, so that a
+1-process run and a DDP run sample the same text for the same prompt.
 
 It is a script, not a function, because Lightning's ``ddp`` launcher starts the other
 ranks by running the same command line again with ``LOCAL_RANK`` set.
@@ -17,16 +23,66 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from lightning_rlhf.data import DATA_MODULES
+from lightning_rlhf.engine import Sample, SamplingSettings
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.registry import create_algorithm_from_spec
+from lightning_rlhf.rewards import FunctionReward
+
+SCRIPT_LETTERS = " abeeee"  # completions of these letters: letter_e_reward varies within a group
+
+
+class ScriptedEngine:
+    """A rollout engine whose j-th completion of a prompt depends on the prompt's tokens and
+    j alone, not on the batch or the random stream. Real sampling draws a row's tokens from
+    a stream shared by the whole batch, so a rank holding half of the prompts would sample
+    other text than one process holding all of them; with this engine the two runs see the
+    same rollouts, and everything after sampling (group statistics, normalisation over the
+    batch, token means, the update) can be compared exactly."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.letters = tokenizer(SCRIPT_LETTERS, add_special_tokens=False)["input_ids"]
+        self.eos = tokenizer.eos_token_id
+
+    def weights_changed(self) -> None:
+        return
+
+    def generate(self, prompt_ids, n: int, settings: SamplingSettings, seed=None, return_logps=False) -> list[list[Sample]]:
+        # A group's G samples come as G copies of its prompt (n = 1): the k-th copy in this
+        # call draws the k-th completion, so copies differ as real samples do.
+        seen: dict[tuple, int] = {}
+        out = []
+        for ids in prompt_ids:
+            copy = seen[tuple(ids)] = seen.get(tuple(ids), -1) + 1
+            out.append([self._sample(list(ids), copy * n + j, settings.max_new_tokens) for j in range(n)])
+        return out
+
+    def _sample(self, ids: list[int], j: int, max_new_tokens: int) -> Sample:
+        generator = torch.Generator().manual_seed(zlib.crc32(json.dumps([ids, j]).encode()))
+        length = int(torch.randint(1, max_new_tokens + 1, (1,), generator=generator))
+        tokens = [self.letters[i] for i in torch.randint(len(self.letters), (length,), generator=generator).tolist()]
+        finished = length < max_new_tokens  # the longest are cut off, as max_new_tokens cuts a real sample
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Sample(text=text, token_ids=tokens + [self.eos] if finished else tokens, finished=finished)
+
+
+class RecordOnline(L.Callback):
+    """An online run's optimiser steps and its DAPO refill draws, per process."""
+
+    def __init__(self):
+        self.refill_prompts = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.refill_prompts += float(trainer.callback_metrics.get("train/objective/refill_prompts", 0.0))
 
 
 class RecordLosses(L.Callback):
@@ -58,13 +114,17 @@ def run(spec: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     algorithm = create_algorithm_from_spec(spec["algorithm"])
+    online = "reward" in spec
     module = PolicyModule(
         policy=ModelSettings(name_or_path="builtin:tiny-llama", gradient_checkpointing=spec.get("gradient_checkpointing", False)),
         algorithm=algorithm,
         optimizer=OptimizerSettings(learning_rate=spec.get("learning_rate", 1e-2), schedule="constant"),
+        reward=FunctionReward(spec["reward"]) if online else None,
     )
     data = DATA_MODULES[algorithm.data](path=spec["data"], batch_size=spec["batch_size"], max_length=48, seed=3)
-    recorder = RecordLosses()
+    if spec.get("engine") == "scripted":
+        module.rollout_engine = ScriptedEngine(module.tokenizer)
+    recorder = RecordOnline() if online else RecordLosses()
     strategy = spec.get("strategy", "auto")
     if isinstance(strategy, dict):  # {class_path, init_args}, as a recipe writes it
         strategy = build_strategy(strategy)
@@ -82,7 +142,11 @@ def run(spec: dict) -> None:
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=data)
-    (out / f"losses_rank{trainer.global_rank}.json").write_text(json.dumps(recorder.steps))
+    if online:
+        record = {"optimizer_steps": trainer.global_step, "refill_prompts": recorder.refill_prompts}
+        (out / f"online_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    else:
+        (out / f"losses_rank{trainer.global_rank}.json").write_text(json.dumps(recorder.steps))
     if trainer.is_global_zero:
         torch.save({k: v.detach().cpu() for k, v in module.policy.state_dict().items()}, out / "policy.pt")
 

@@ -202,3 +202,73 @@ def _first_layer(model: torch.nn.Module) -> torch.nn.Module:
     from lightning_rlhf.models.loading import unwrap
 
     return unwrap(model).get_decoder().layers[0]
+
+
+# Online algorithms: 16 prompts, 8 per step (4 per process under DDP), 2 passes over each
+# rollout (so pi_old differs from pi on the second step).
+ONLINE = {
+    # DAPO without refill, truncated completions masked: flat groups and cut-off samples
+    # are left out, so the processes score different numbers of tokens, and only a token
+    # mean over the global batch matches one process
+    "dapo": {"class_path": "grpo", "init_args": {"num_generations": 4, "loss_type": "dapo", "refill_rounds": 0,
+                                                  "mask_truncated_completions": True}},
+    "grpo": {"class_path": "grpo", "init_args": {"num_generations": 4, "loss_type": "grpo"}},
+    # REINFORCE++ normalises advantages over the whole batch, a statistic of both processes
+    "reinforce_pp": {"class_path": "reinforce_pp", "init_args": {"beta": 0.0}},
+    # ties are left out of the loss: the processes hold different numbers of decided pairs
+    "online_dpo": {"class_path": "online_dpo", "init_args": {"beta": 0.5}},
+}
+
+
+def online_spec(tmp_path: Path, name: str, algorithm: dict, **settings) -> dict:
+    data = tmp_path / "prompts.jsonl"
+    if not data.exists():
+        lines = (ROOT / "recipes" / "data" / "tiny_prompts_answers.jsonl").read_text().splitlines()[:16]
+        data.write_text("\n".join(lines) + "\n")
+    init = {"num_iterations": 2, "max_new_tokens": 6, **algorithm["init_args"]}
+    return {"out": str(tmp_path / name), "algorithm": {**algorithm, "init_args": init}, "data": str(data),
+            "reward": "lightning_rlhf.rewards.rules.letter_e_reward", "max_steps": 4, "learning_rate": 3e-3, **settings}
+
+
+def online_results(spec: dict) -> tuple[list[dict], dict]:
+    out = Path(spec["out"])
+    ranks = [json.loads((out / f"online_rank{r}.json").read_text()) for r in range(spec.get("devices", 1))]
+    return ranks, torch.load(out / "policy.pt")
+
+
+@pytest.mark.parametrize("algorithm", list(ONLINE))
+def test_ddp_online_two_processes_match_one(tmp_path, algorithm):
+    """Over the same global batch and the same completions, 2 processes end with the weights
+    of 1 process: group advantages, batch normalisation and the token mean (dapo, whose
+    processes keep different numbers of tokens) are those of the whole batch."""
+    one = online_spec(tmp_path, "one", ONLINE[algorithm], batch_size=8, engine="scripted")
+    run(one)
+    ddp = online_spec(tmp_path, "ddp", ONLINE[algorithm], batch_size=4, engine="scripted", devices=2, strategy="ddp")
+    launch_ddp(ddp)
+    (one_rank,), expected = online_results(one)
+    ranks, weights = online_results(ddp)
+    assert one_rank["optimizer_steps"] == ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == 4
+    initial = _tiny_initial_weights()
+    assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 1e-3  # it trained
+    worst = max((weights[k] - expected[k]).abs().max().item() for k in expected)
+    assert worst < WEIGHT_TOLERANCE, worst
+
+
+def test_ddp_dapo_refill_keeps_processes_in_step(tmp_path):
+    """DAPO's refill on real samples from the tiny model: each process draws its own extra
+    prompts as its own groups come out flat, and both still take the same optimiser steps
+    (a process that stepped fewer times would leave the other waiting in an all-reduce)."""
+    algorithm = {"class_path": "grpo", "init_args": {"loss_type": "dapo", "refill_rounds": 2}}
+    ddp = online_spec(tmp_path, "ddp", algorithm, batch_size=4, devices=2, strategy="ddp")
+    launch_ddp(ddp)
+    ranks, _ = online_results(ddp)
+    assert ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == 4
+    assert ranks[0]["refill_prompts"] + ranks[1]["refill_prompts"] > 0  # flat groups were replaced
+
+
+def _tiny_initial_weights() -> dict:
+    from lightning_rlhf.models.builtin import resolve
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve("builtin:tiny-llama"))
+    return {k: v.detach() for k, v in model.state_dict().items()}

@@ -297,7 +297,8 @@ def test_samples_left_out_take_no_part_in_their_group():
 
 
 def test_a_function_reward_returning_none_leaves_the_sample_out(tiny_tokenizer):
-    """The rollout drops unscored samples and logs their share; PPO refuses them by name."""
+    """The rollout leaves unscored samples out of the loss (their rows stay, with no token to
+    score, so every process keeps the same rows) and logs their share; PPO refuses them by name."""
     from lightning_rlhf.rewards import FunctionReward
     from lightning_rlhf.testing import make_batch, make_policy_module
 
@@ -307,9 +308,13 @@ def test_a_function_reward_returning_none_leaves_the_sample_out(tiny_tokenizer):
     algorithm = create_algorithm("grpo", max_new_tokens=6)
     module = make_policy_module(algorithm, reward=reward)
     experience = algorithm.rollout(module, make_batch("prompt", module.tokenizer))
-    assert len(experience) == 6 and experience.metrics["objective/unscored_fraction"].item() == 0.5
+    assert len(experience) == 12 and experience.metrics["objective/unscored_fraction"].item() == 0.5
+    scored_tokens = experience.tensors["completion_mask"].sum(-1)
+    assert (scored_tokens[1::2] == 0).all() and (scored_tokens[0::2] > 0).all()
     assert torch.isfinite(experience.tensors["advantages"]).all()
-    assert torch.isfinite(algorithm.loss(module, next(iter(algorithm.minibatches(experience)))).loss)
+    minibatch = next(iter(algorithm.minibatches(experience)))
+    assert minibatch["loss_rows"].item() == 6
+    assert torch.isfinite(algorithm.loss(module, minibatch).loss)
     ppo = create_algorithm("ppo", max_new_tokens=6)
     with pytest.raises(ValueError, match="PPO needs a score for every sample, and the reward left 1 out"):
         ppo.rollout(make_policy_module(ppo, reward=reward), make_batch("prompt", module.tokenizer))
@@ -317,3 +322,27 @@ def test_a_function_reward_returning_none_leaves_the_sample_out(tiny_tokenizer):
 
 def every_other_unscored(prompts, completions):
     return [None if i % 2 else float(len(c)) for i, c in enumerate(completions)]
+
+
+def test_a_minibatch_with_every_sample_left_out_still_reaches_every_parameter(tiny_tokenizer):
+    """Every sample unscored: the loss has no graph, and the module's backward goes through a
+    0 that depends on every trained parameter, so each gets a (zero) gradient: under DDP
+    this process then joins the gradient all-reduce and steps with the others."""
+    from lightning_rlhf.rewards import FunctionReward
+    from lightning_rlhf.testing import make_batch, make_policy_module
+
+    torch.manual_seed(0)
+    algorithm = create_algorithm("grpo", max_new_tokens=6)
+    module = make_policy_module(algorithm, reward=FunctionReward("test_grpo.nothing_scored"))
+    experience = algorithm.rollout(module, make_batch("prompt", module.tokenizer))
+    minibatch = next(iter(algorithm.minibatches(experience)))
+    assert minibatch["loss_rows"].item() == 0 and len(experience) == 12
+    out = algorithm.loss(module, minibatch)
+    assert not out.loss.requires_grad and out.loss.item() == 0.0
+    (out.loss + module._zero_through_parameters()).backward()
+    grads = [p.grad for p in module.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
+
+
+def nothing_scored(prompts, completions):
+    return [None] * len(completions)

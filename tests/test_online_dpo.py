@@ -43,9 +43,22 @@ def test_micro_batches_add_up_to_the_minibatch():
 
 def test_pairs_by_hand():
     """Pairs (rows 0,1) (2,3) (4,5) (6,7): 0.2 < 0.9, a tie, 1.0 > -1.0, a NaN: chosen rows 1
-    and 4, rejected 0 and 5; the tie and the unscored pair are left out."""
-    chosen, rejected = pair_rows(torch.tensor([0.2, 0.9, 0.5, 0.5, 1.0, -1.0, math.nan, 3.0]))
-    assert chosen.tolist() == [1, 4] and rejected.tolist() == [0, 5]
+    and 4, rejected 0 and 5; the tie and the unscored pair keep their order, undecided."""
+    chosen, rejected, decided = pair_rows(torch.tensor([0.2, 0.9, 0.5, 0.5, 1.0, -1.0, math.nan, 3.0]))
+    assert chosen.tolist() == [1, 2, 4, 6] and rejected.tolist() == [0, 3, 5, 7]
+    assert decided.tolist() == [True, False, True, False]
+
+
+def test_tied_pairs_stay_in_the_batch_and_add_no_loss():
+    """A tied pair's rows have no completion token to score: the loss is the mean over the
+    decided pairs alone, as if the tied pair were not there (pair 1 of the hand-computed
+    batch, 0.644397)."""
+    algorithm = create_algorithm("online_dpo", beta=0.1)
+    tied = GivenLogps([[], [], *POLICY[2:]])
+    out = algorithm.loss(tied, {"ref_logps": torch.tensor([0.0, 0.0, -2.5, -1.5]), "loss_rows": torch.tensor(2)})
+    assert out.loss.item() == pytest.approx(0.644397, abs=1e-6)
+    out.loss.backward()
+    assert tied.grad[2, 0].item() == pytest.approx(-0.047502, abs=1e-6)  # twice the 2-pair gradient: one pair counts
 
 
 def test_settings_are_checked():

@@ -176,11 +176,11 @@ class OnlineMixin:
         scheduler = self.lr_schedulers()
         loss_sum, metric_sums, updates = 0.0, {}, 0
         for minibatch in self.algorithm.minibatches(experience):
-            rows = int(minibatch["loss_rows"])
+            rows = minibatch["input_ids"].shape[0]
             self._count_over_processes(minibatch)
             for micro in split_micro_batches(minibatch, self.online_settings.micro_batch_size):
                 out = self.algorithm.loss(self, micro)
-                self.manual_backward(out.loss)
+                self.manual_backward(out.loss if out.loss.requires_grad else out.loss + self._zero_through_parameters())
                 weight = micro["input_ids"].shape[0] / rows
                 loss_sum += out.loss.detach()
                 for key, value in out.metrics.items():
@@ -207,6 +207,14 @@ class OnlineMixin:
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32).detach() for k, v in metrics.items()}, batch_size=n)
         self.log("train/scores", experience.metrics.get("objective/scores", torch.tensor(0.0)), prog_bar=True, batch_size=n, logger=False)
         self._maybe_log_samples(experience)
+
+    def _zero_through_parameters(self) -> Tensor:
+        """0, as a function of every trained parameter: the loss of a micro-batch whose samples
+        were all left out has no graph, but every process must still run a backward that
+        reaches every parameter (DDP all-reduces the gradients from those hooks) and take its
+        optimiser step, as the others do."""
+        trained = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in trained]).sum() * 0.0
 
     def _count_over_processes(self, minibatch: dict[str, Tensor]) -> None:
         """Under data parallelism, make ``loss_tokens`` and ``loss_rows`` the processes' mean
