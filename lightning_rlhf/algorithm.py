@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
-DataKind = Literal["sft", "preference", "unpaired", "ranking", "prompt"]
+DataKind = Literal["sft", "preference", "unpaired", "ranking", "prompt", "stepwise"]
 Stage = Literal["policy", "reward"]
 
 
@@ -86,6 +86,12 @@ class RewardContext(Protocol):
         ``lightning_rlhf.data.ranking``."""
         ...
 
+    def step_rewards(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[S]`` float32 score (a logit) at each of the batch's step positions
+        (``step_index``, see ``lightning_rlhf.data.stepwise``), one forward pass, with grad;
+        for plugins that declare ``scores_steps``."""
+        ...
+
 
 class Algorithm:
     """Base class of every alignment plugin.
@@ -107,6 +113,10 @@ class Algorithm:
     needs_reward: ClassVar[bool] = False
     #: needs a critic / value head
     needs_value: ClassVar[bool] = False
+    #: a reward-stage plugin that scores every step of a solution: the reward model is then
+    #: a token classifier with one output (``AutoModelForTokenClassification``), read at
+    #: each step's last token, instead of a sequence classifier read at the last one
+    scores_steps: ClassVar[bool] = False
 
     def loss(self, ctx: Any, batch: dict[str, Tensor]) -> LossOutput:
         raise NotImplementedError

@@ -3,6 +3,7 @@ from lightning_rlhf.data.modules import PreferenceDataModule, SFTDataModule, Tex
 from lightning_rlhf.data.prompts import PromptDataModule
 from lightning_rlhf.data.ranking import RankingDataModule
 from lightning_rlhf.data.self_training import SelfTrainingDataModule
+from lightning_rlhf.data.stepwise import StepwiseDataModule
 from lightning_rlhf.data.unpaired import UnpairedDataModule
 
 # The data module that reads each data kind an algorithm can declare.
@@ -12,6 +13,7 @@ DATA_MODULES = {
     "ranking": RankingDataModule,
     "unpaired": UnpairedDataModule,
     "prompt": PromptDataModule,
+    "stepwise": StepwiseDataModule,
 }
 
-__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "PromptDataModule", "RankingDataModule", "SFTDataModule", "SelfTrainingDataModule", "TextDataModule", "UnpairedDataModule"]
+__all__ = ["DATA_MODULES", "DataError", "PreferenceDataModule", "PromptDataModule", "RankingDataModule", "SFTDataModule", "SelfTrainingDataModule", "StepwiseDataModule", "TextDataModule", "UnpairedDataModule"]

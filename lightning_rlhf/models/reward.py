@@ -18,7 +18,7 @@ import logging
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import builtin
 from lightning_rlhf.models.config import ModelSettings
@@ -30,15 +30,17 @@ SCORE_HEAD = "score"
 
 
 def load_reward_model(
-    settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, trainable: bool = True
+    settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, trainable: bool = True, per_token: bool = False
 ) -> PreTrainedModel:
     """Load a scalar reward model; with ``trainable`` apply LoRA/QLoRA and gradient
     checkpointing as the settings say (the score head is then trained in full and saved
-    with the adapter), otherwise return it frozen in eval mode."""
+    with the adapter), otherwise return it frozen in eval mode. ``per_token``: a token
+    classifier with one output (a process reward model, scored at every step's end)."""
     source = builtin.resolve(settings.name_or_path)
     _check_exists(settings, source)
     _check_scalar_output(settings, source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **from_pretrained_kwargs(settings))
+    auto = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
+    model = auto.from_pretrained(source, num_labels=1, **from_pretrained_kwargs(settings))
     if not hasattr(model, SCORE_HEAD):
         raise ValueError(
             f"{settings.name_or_path!r} loads as {type(model).__name__}, which has no `{SCORE_HEAD}` head; "
@@ -52,7 +54,7 @@ def load_reward_model(
         return model.eval()
     # Under LoRA the fresh head must be trained and saved with the adapter; peft's SEQ_CLS
     # task does that (it adds the head to modules_to_save) and keeps LoRA off the head.
-    return prepare_for_training(model, settings, task_type="SEQ_CLS")
+    return prepare_for_training(model, settings, task_type="TOKEN_CLS" if per_token else "SEQ_CLS")
 
 
 def _check_scalar_output(settings: ModelSettings, source: str) -> None:
@@ -64,10 +66,10 @@ def _check_scalar_output(settings: ModelSettings, source: str) -> None:
         config = AutoConfig.from_pretrained(source, revision=settings.revision, trust_remote_code=settings.trust_remote_code)
     except OSError:
         return  # let from_pretrained report what is missing
-    is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    is_classifier = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in config.architectures or [])
     if is_classifier and config.num_labels != 1:
         raise ValueError(
-            f"{settings.name_or_path!r} is a sequence classifier with {config.num_labels} outputs (num_labels="
+            f"{settings.name_or_path!r} is a classifier with {config.num_labels} outputs (num_labels="
             f"{config.num_labels}); a reward model has one scalar output (num_labels=1)"
         )
 
@@ -89,6 +91,17 @@ def sequence_rewards(model: torch.nn.Module, input_ids: Tensor, attention_mask: 
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
     head = getattr(hf_model, SCORE_HEAD)
     return head(last.to(_head_dtype(head))).squeeze(-1).float()
+
+
+def position_rewards(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, index: Tensor) -> Tensor:
+    """``[S]`` float32 scores: the score head at the flat positions ``index`` of ``[N * T]``
+    (a process reward model's step ends); the head sees S hidden states, not N*T."""
+    hf_model = unwrap(model)
+    backbone = getattr(hf_model, hf_model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    head = getattr(hf_model, SCORE_HEAD)
+    return head(picked.to(_head_dtype(head))).squeeze(-1).float()
 
 
 def _head_dtype(head: torch.nn.Module) -> torch.dtype:

@@ -18,12 +18,12 @@ from torch import Tensor
 from lightning_rlhf.algorithm import Algorithm, algorithm_spec, check_data_kind
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import load_tokenizer
-from lightning_rlhf.models.reward import load_reward_model, sequence_rewards
+from lightning_rlhf.models.reward import load_reward_model, position_rewards, sequence_rewards
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.modules.policy import export_policy
 from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
-from lightning_rlhf.modules.reward_metrics import RewardMetrics
+from lightning_rlhf.modules.reward_metrics import RewardMetrics, StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class RewardModule(L.LightningModule):
         self.export_dir, self.export_merged = export_dir, export_merged
         self.tokenizer = load_tokenizer(reward_model)
         self.reward_model: torch.nn.Module | None = None
-        self.train_metrics = RewardMetrics()
-        self.val_metrics = RewardMetrics()
+        metrics = StepMetrics if algorithm.scores_steps else RewardMetrics
+        self.train_metrics, self.val_metrics = metrics(), metrics()
         self._last_rewards: Tensor | None = None
 
     # -- models -------------------------------------------------------------------------
@@ -85,7 +85,8 @@ class RewardModule(L.LightningModule):
         if self.reward_model is not None:
             return
         with loading_into_shards(self._trainer):  # DeepSpeed ZeRO-3 partitions weights as they load
-            self.reward_model = load_reward_model(self.reward_model_settings, self.tokenizer, trainable=True)
+            self.reward_model = load_reward_model(self.reward_model_settings, self.tokenizer, trainable=True,
+                                                  per_token=self.algorithm.scores_steps)
         self.reward_model.train()
         if self.disable_dropout:
             disable_dropout(self.reward_model)
@@ -130,6 +131,14 @@ class RewardModule(L.LightningModule):
         self._last_rewards = rewards.detach()  # the metrics reuse this forward
         return rewards
 
+    def step_rewards(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[S]`` float32 score (a logit) at each step position of a step-labelled batch
+        (``step_index``, see ``data.stepwise``), in one forward pass (with grad). The epoch's
+        step metrics (accuracy, F1 of finding wrong steps) come from the last call."""
+        scores = position_rewards(self.reward_model, batch["input_ids"], batch["attention_mask"], batch["step_index"])
+        self._last_rewards = scores.detach()
+        return scores
+
     # -- the loop -------------------------------------------------------------------------
     def _step(self, batch: dict[str, Tensor], split: str, metrics: RewardMetrics) -> Tensor:
         self._last_rewards = None
@@ -169,8 +178,10 @@ class RewardModule(L.LightningModule):
         """Write the reward model in Hugging Face format.
 
         Merged (default): ``AutoModelForSequenceClassification.from_pretrained(directory)``
-        loads it. Adapter (``merged=False``): a peft adapter with the score head, loaded
-        with ``peft.AutoPeftModelForSequenceClassification`` or ``RewardModelSource``.
+        loads it (a process reward model: ``AutoModelForTokenClassification``, and
+        ``StepRewardSource`` scores with it). Adapter (``merged=False``): a peft adapter with
+        the score head, loaded with ``peft.AutoPeftModelForSequenceClassification`` or
+        ``RewardModelSource``.
         """
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             log.warning(

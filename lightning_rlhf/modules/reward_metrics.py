@@ -96,3 +96,47 @@ class RewardMetrics(torch.nn.Module):
     def items(self):
         return [("accuracy", self.accuracy), ("margin", self.margin),
                 ("reward_mean", self.reward_mean), ("reward_std", self.reward_std)]
+
+
+class ErrorF1(Metric):
+    """F1 of finding wrong steps: a step predicted wrong (score < 0, probability < 1/2) that
+    is wrong is a true positive. Counts are summed over the epoch (and across devices)
+    before the ratio is taken, so it is the F1 of the whole epoch, not a mean of batch F1s."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name in ("true_positives", "false_positives", "false_negatives"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, predicted_wrong: Tensor, wrong: Tensor) -> None:
+        self.true_positives += (predicted_wrong & wrong).sum()
+        self.false_positives += (predicted_wrong & ~wrong).sum()
+        self.false_negatives += (~predicted_wrong & wrong).sum()
+
+    def compute(self) -> Tensor:
+        found = 2 * self.true_positives
+        return (found / (found + self.false_positives + self.false_negatives).clamp(min=1e-12)).float()
+
+
+class StepMetrics(torch.nn.Module):
+    """The metrics of a process reward model on one split: ``step_accuracy`` (share of steps
+    whose verdict, score >= 0 for right, matches the label), ``error_f1`` (see
+    :class:`ErrorF1`), ``step_score_mean``."""
+
+    def __init__(self):
+        super().__init__()
+        self.step_accuracy = WeightedMean()
+        self.error_f1 = ErrorF1()
+        self.step_score_mean = WeightedMean()
+
+    def update(self, batch: dict[str, Tensor], scores: Tensor) -> None:
+        right = batch["step_labels"] > 0.5
+        predicted_right = scores >= 0
+        self.step_accuracy((predicted_right == right).float())
+        self.error_f1(~predicted_right, ~right)
+        self.step_score_mean(scores)
+
+    def items(self):
+        return [("step_accuracy", self.step_accuracy), ("error_f1", self.error_f1), ("step_score_mean", self.step_score_mean)]

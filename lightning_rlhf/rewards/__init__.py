@@ -3,6 +3,7 @@ from lightning_rlhf.rewards.composite import SafetyGatedReward, WeightedSum
 from lightning_rlhf.rewards.gold import GoldReward
 from lightning_rlhf.rewards.model import RewardModelSource
 from lightning_rlhf.rewards.spec import load_reward_source
+from lightning_rlhf.rewards.steps import StepRewardSource
 
 __all__ = [
     "FunctionReward",
@@ -10,6 +11,7 @@ __all__ = [
     "RewardModelSource",
     "RewardSource",
     "SafetyGatedReward",
+    "StepRewardSource",
     "WeightedSum",
     "load_reward_source",
 ]

@@ -11,7 +11,8 @@ In a recipe, a reward source is a typed class spec that jsonargparse builds and 
 
 ======================================  =============================================
 ``"gold"``                              the toy world's gold reward (:class:`GoldReward`)
-a directory                             an exported reward model (:class:`RewardModelSource`)
+a directory                             an exported reward model (:class:`RewardModelSource`), or
+                                        process reward model (:class:`StepRewardSource`)
 a ``.yaml``/``.yml``/``.json`` file     a class spec as above (top level, or under ``reward:``)
 ``"package.module.function"``           a reward function (:class:`FunctionReward`)
 ======================================  =============================================
@@ -43,6 +44,10 @@ def load_reward_source(spec: str | dict | RewardSource) -> RewardSource:
     path = Path(os.path.expanduser(spec))
     if path.is_dir() or spec.startswith("builtin:"):
         from lightning_rlhf.rewards.model import RewardModelSource
+        from lightning_rlhf.rewards.steps import StepRewardSource, is_process_reward_model
+
+        if is_process_reward_model(str(path)):  # its defaults: the weakest step, steps on lines
+            return StepRewardSource(spec)
 
         return RewardModelSource(spec)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):

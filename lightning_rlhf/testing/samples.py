@@ -44,6 +44,10 @@ SAMPLE_ROWS: dict[str, list[dict]] = {
         },
         {"prompt": "Say something kind.", "completion": " Go away.", "label": False},
     ],
+    "stepwise": [
+        {"prompt": "What is 4+7+2?", "completions": [" 4+7=11", " 11+2=13", " Answer: 13"], "labels": [True, True, True]},
+        {"prompt": "What is 5+1+3?", "completions": [" 5+1=7", " 7+3=10", " Answer: 10"], "labels": [False, True, 1]},
+    ],
     "prompt": [
         {"prompt": "How was the film?"},
         {"prompt": "Name a colour."},

@@ -83,6 +83,57 @@ def step_labels(problem: Problem, completion: str) -> list[bool]:
     return labels
 
 
+STEP_SEPARATOR = "."  # a worked answer's steps end with "." (the answer line is the last step)
+ANSWER_STEP = re.compile(r"\s*Answer:\s*(-?\d+)\s*")
+
+
+def label_steps(problem: Problem, steps: list[str]) -> list[bool]:
+    """Whether each step of a worked answer, split on :data:`STEP_SEPARATOR`, is right on its
+    own (as :func:`step_labels` judges): a ``a+b=c`` step adds the total so far and the next
+    term correctly; the answer step states the total so far after every term was added;
+    anything else is wrong."""
+    labels, total, used = [], problem.terms[0], 1
+    for step in steps:
+        addition = STEP.fullmatch(step.strip())
+        answer = ANSWER_STEP.fullmatch(step)
+        if addition:
+            a, b, c = map(int, addition.groups())
+            expected = problem.terms[used] if used < len(problem.terms) else None
+            labels.append(a == total and b == expected and c == a + b)
+            total, used = c, used + 1
+        elif answer:
+            labels.append(int(answer.group(1)) == total and used == len(problem.terms))
+        else:
+            labels.append(False)
+    return labels
+
+
+def write_step_labelled(path: str | Path, n: int, split: str = "train", seed: int = 0,
+                        error_rate: float = STEP_ERROR_RATE) -> Path:
+    """``{"prompt", "completions": [steps], "labels": [bools]}`` rows (``data.stepwise``):
+    careless worked answers as the corpus writes them, each step labelled by
+    :func:`label_steps`, and an ``answer`` column. With ``data.stepwise``'s
+    ``step_separator: "."`` the model reads exactly the worked answer's text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"arithmetic-steps-{split}-{seed}")
+    with path.open("w", encoding="utf-8") as file:
+        for problem in problems(n, split, seed + 7919):
+            steps = format_steps(worked_steps(problem, rng, error_rate)).split(STEP_SEPARATOR)
+            row = {"prompt": problem.prompt, "completions": steps, "labels": label_steps(problem, steps),
+                   "answer": str(problem.answer)}
+            file.write(json.dumps(row) + "\n")
+    return path
+
+
+def parse_problem(prompt: str) -> Problem:
+    """The problem a prompt ``What is 4+7+2?`` asks."""
+    match = re.search(r"What is ([\d+]+)\?", prompt)
+    if match is None:
+        raise ValueError(f"not an arithmetic prompt: {prompt!r}")
+    return Problem(tuple(int(t) for t in match.group(1).split("+")))
+
+
 def split_of(problem: Problem) -> str:
     """Which split a problem belongs to, from a stable hash of its prompt."""
     digest = hashlib.sha256(problem.prompt.encode("utf-8")).digest()

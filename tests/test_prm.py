@@ -1,0 +1,133 @@
+"""Process reward models: the step loss by hand, where each step is scored, the aggregations,
+step-labelled rows with located errors, and a trained PRM exported and used as a reward."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_rlhf import create_algorithm
+from lightning_rlhf.cli import main
+from lightning_rlhf.data.stepwise import split_steps, step_scoring_positions
+from lightning_rlhf.rewards.steps import aggregate_steps
+from lightning_rlhf.toyworld.arithmetic import Problem, label_steps, parse_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class GivenStepScores:
+    def __init__(self, scores: list[float]):
+        self.scores = torch.tensor(scores, requires_grad=True)
+
+    def step_rewards(self, batch):
+        return self.scores
+
+
+@pytest.mark.parametrize(("weight", "expected"), [(1.0, 0.550503), (2.0, 0.691694)])
+def test_the_step_loss_by_hand(weight, expected):
+    """Logits 2.0 (a right step) and 0.5 (a wrong one): -log sigmoid(2) = 0.126928 and
+    -log sigmoid(-0.5) = 0.974077; mean 0.550503; the wrong step weighted 2:
+    (0.126928 + 2 * 0.974077) / 3 = 0.691694. Gradient of the mean w.r.t. the wrong step's
+    logit: sigmoid(0.5) / 2 = 0.311230."""
+    ctx = GivenStepScores([2.0, 0.5])
+    out = create_algorithm("prm", wrong_step_weight=weight).loss(ctx, {"step_labels": torch.tensor([1.0, 0.0])})
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    assert out.metrics["wrong_step_fraction"].item() == 0.5
+    if weight == 1.0:
+        out.loss.backward()
+        assert ctx.scores.grad[1].item() == pytest.approx(0.311230, abs=1e-6)
+        assert ctx.scores.grad[0].item() == pytest.approx((torch.sigmoid(torch.tensor(2.0)).item() - 1) / 2, abs=1e-6)
+
+
+def test_each_step_is_scored_at_its_last_token_separator_included(tiny_tokenizer):
+    """The tiny tokenizer has a token per character and adds no BOS: ``Q?`` + ``a1`` + ``\\n``
+    + ``b2``: the first step is scored at the separator (character and token 4), the last
+    at its own last character (6)."""
+    ids, positions = step_scoring_positions(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", max_length=64)
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=True) == "Q?a1\nb2"
+    assert positions == [4, 6]
+    assert tiny_tokenizer.decode([ids[4]]) == "\n" and tiny_tokenizer.decode([ids[6]]) == "2"
+    # cut at 6 tokens: the second step's scoring token is gone, so only the first is scored
+    assert step_scoring_positions(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", max_length=6)[1] == [4]
+
+
+def test_split_steps_inverts_the_join():
+    assert split_steps(" 4+7=11. 11+2=13. Answer: 13", ".") == [" 4+7=11", " 11+2=13", " Answer: 13"]
+    for steps, sep in [(["a", "b", "c"], "\n"), ([" x", " y"], ". ")]:
+        assert split_steps(sep.join(steps), sep) == steps
+    assert split_steps("a\n\nb\n", "\n") == ["a\n", "b\n"]  # empty pieces stay with the step before
+    assert split_steps("one step", "") == ["one step"]
+
+
+def test_aggregations_by_hand():
+    probabilities = [0.9, 0.5, 0.8]
+    assert aggregate_steps(probabilities, "min") == 0.5
+    assert aggregate_steps(probabilities, "product") == pytest.approx(0.36)
+    assert aggregate_steps(probabilities, "last") == 0.8
+    assert math.isnan(aggregate_steps([], "min"))
+    with pytest.raises(ValueError, match="min, product or last"):
+        aggregate_steps(probabilities, "mean")
+
+
+def test_the_arithmetic_verifier_labels_each_step():
+    problem = parse_problem("What is 4+7+2?")
+    assert problem == Problem((4, 7, 2))
+    assert label_steps(problem, split_steps(" 4+7=11. 11+2=13. Answer: 13", ".")) == [True, True, True]
+    # a wrong total; the next step adds correctly to it; the answer states it: only the first is wrong
+    assert label_steps(problem, split_steps(" 4+7=12. 12+2=14. Answer: 14", ".")) == [False, True, True]
+    # an answer before every term is added; a step that adds the wrong term; text that is no step
+    assert label_steps(problem, split_steps(" 4+7=11. Answer: 11", ".")) == [True, False]
+    assert label_steps(problem, split_steps(" 4+2=6. six", ".")) == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "problem"),
+    [
+        ({"prompt": "Q", "completions": ["a"], "labels": [True, False]}, "labels", "one label per step: 1 steps, 2 labels"),
+        ({"prompt": "Q", "completions": ["a", "b"], "labels": [True, "yes"]}, "labels[1]", "expected true/false"),
+        ({"prompt": "Q", "completions": [], "labels": []}, "completions", "at least one step"),
+        ({"prompt": "Q", "completions": ["a", " "], "labels": [True, True]}, "completions[1]", "empty step"),
+        ({"prompt": "Q", "completions": "a", "labels": [True]}, "completions", "expected a list of step strings"),
+        ({"prompt": "Q", "completions": ["a"]}, "labels", "missing"),
+    ],
+)
+def test_bad_step_rows_are_located_through_the_command(tmp_path, capsys, row, field, problem):
+    good = (ROOT / "recipes" / "data" / "tiny_steps.jsonl").read_text().splitlines()[:3]
+    path = tmp_path / "steps.jsonl"
+    path.write_text("\n".join([*good, json.dumps(row)]) + "\n")
+    code = main(["fit", "--config", "recipes/prm/tiny.yaml", "--trainer.logger", "false", "--trainer.max_steps", "1",
+                 "--trainer.enable_progress_bar", "false", "--model.init_args.export_dir", "null",
+                 "--data.init_args.path", str(path)])
+    err = capsys.readouterr().err
+    assert code != 0
+    line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert line.startswith(f"error: {path}, row 4, field '{field}': ") and problem in line, line
+
+
+def test_a_prm_trains_exports_and_scores_steps(tmp_path):
+    """The tiny recipe through the command: the export is a token classifier transformers
+    loads, ``load_reward_source`` makes a step source of its directory, and the source's
+    score is the aggregate of its step scores."""
+    from transformers import AutoModelForTokenClassification
+
+    from lightning_rlhf.rewards import StepRewardSource, load_reward_source
+
+    export = tmp_path / "export"
+    code = main(["fit", "--config", "recipes/prm/tiny.yaml", "--trainer.logger", "false", "--trainer.max_epochs", "1",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+                 "--model.init_args.export_dir", str(export)])
+    assert code in (0, None)
+    assert AutoModelForTokenClassification.from_pretrained(export).config.num_labels == 1
+    assert isinstance(load_reward_source(str(export)), StepRewardSource)
+    source = StepRewardSource(str(export), step_separator=".", aggregation="product")
+    prompts = ["What is 4+7+2?", "What is 5+1+3?"]
+    completions = [" 4+7=11. 11+2=13. Answer: 13", " 5+1=6. Answer: 6"]
+    steps = source.step_scores(prompts, completions)
+    assert [len(s) for s in steps] == [3, 2] and all(0 < p < 1 for s in steps for p in s)
+    assert source(prompts, completions).tolist() == pytest.approx([math.prod(s) for s in steps], rel=1e-6)
+    # scored one at a time or together: the same (padding changes nothing)
+    assert source.step_scores(prompts[1:], completions[1:])[0] == pytest.approx(steps[1], abs=1e-5)
