@@ -76,3 +76,42 @@ def reward_vs_kl(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One selector of best-of-n: its mean (and interval half-width) at each n."""
+
+    label: str
+    ns: Sequence[int]
+    values: Sequence[float]
+    errs: Sequence[float]
+
+
+def accuracy_vs_n(curves: Sequence[Curve], path: str | Path, title: str, note: str = "", ylabel: str = "held-out accuracy") -> Path:
+    """Write a best-of-n figure (a line with an interval band per selector, n on a log-2
+    axis, accuracy in %) to ``path``."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=120)
+    colors = plt.get_cmap("tab10")
+    for i, curve in enumerate(curves):
+        low = [v - e for v, e in zip(curve.values, curve.errs)]
+        high = [v + e for v, e in zip(curve.values, curve.errs)]
+        ax.plot(curve.ns, curve.values, marker="o", markersize=4, color=colors(i % 10), label=curve.label)
+        ax.fill_between(curve.ns, low, high, color=colors(i % 10), alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xticks(sorted({n for c in curves for n in c.ns}))
+    ax.set_xlabel("n (samples per prompt, the selector picks one)")
+    ax.set_ylabel(ylabel)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

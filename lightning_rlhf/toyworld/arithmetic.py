@@ -84,7 +84,7 @@ def step_labels(problem: Problem, completion: str) -> list[bool]:
 
 
 STEP_SEPARATOR = "."  # a worked answer's steps end with "." (the answer line is the last step)
-ANSWER_STEP = re.compile(r"\s*Answer:\s*(-?\d+)\s*")
+ANSWER_STEP = re.compile(r"\s*Answer:\s*(-?\d+)\.?\s*")
 
 
 def label_steps(problem: Problem, steps: list[str]) -> list[bool]:
