@@ -16,6 +16,9 @@ al. 2024, "The N+ implementation details of RLHF with PPO", detail 4 and TRL's
 
 from __future__ import annotations
 
+import bisect
+import itertools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,3 +86,28 @@ def concat_rollouts(rollouts: Sequence[Rollout]) -> Rollout:
 def penalise_missing_eos(scores: Tensor, finished: Tensor, penalty: float) -> Tensor:
     """``score - penalty`` for every completion cut off at ``max_new_tokens``."""
     return scores - penalty * (~finished).to(scores.dtype)
+
+
+def step_columns(tokenizer, rollout: Rollout, step_counts: Sequence[int], separator: str) -> list[list[int]]:
+    """Per completion, the column (aligned with ``policy_logps``: column c scores token
+    c + 1) of the sampled token that writes the last character of each of its first
+    ``step_counts[i]`` steps (``data.stepwise.split_steps``, separator included), where a
+    per-step reward lands. Characters are matched to tokens by decoding the sampled tokens
+    one at a time."""
+    from lightning_rlhf.data.stepwise import split_steps
+
+    columns = []
+    for i, (completion, count) in enumerate(zip(rollout.completions, step_counts, strict=True)):
+        in_completion = rollout.batch["completion_mask"][i].nonzero().flatten()
+        if count == 0 or len(in_completion) == 0:
+            columns.append([])
+            continue
+        start = int(in_completion[0])
+        token_ends = list(itertools.accumulate(len(tokenizer.decode([t], skip_special_tokens=True))
+                                               for t in rollout.batch["input_ids"][i, in_completion].tolist()))
+        steps = split_steps(completion, separator)
+        char_ends = list(itertools.accumulate(len(step) + len(separator) for step in steps))
+        char_ends[-1] -= len(separator)  # the last step has no separator after it
+        tokens = [min(bisect.bisect_right(token_ends, end - 1), len(token_ends) - 1) for end in char_ends[:count]]
+        columns.append([start + token - 1 for token in tokens])
+    return columns

@@ -75,6 +75,7 @@ class GRPO(OnlineAlgorithm):
         overlong_buffer: int | None = None,
         overlong_penalty: float = 1.0,
         refill_rounds: int | None = None,
+        process_rewards: bool = False,
         temperature: float = 1.0,
         max_new_tokens: int = 48,
     ):
@@ -94,6 +95,11 @@ class GRPO(OnlineAlgorithm):
             overlong_penalty: the penalty at ``max_new_tokens`` (it grows linearly over the buffer)
             refill_rounds: dapo: draws of more prompts to replace flat groups (0: only leave
                 them out, the batch shrinks); default 3 for dapo; other loss types keep every group
+            process_rewards: the reward source scores every step (a process reward model,
+                ``rewards.StepRewardSource``); each step's reward is normalised over every step
+                of its group, and a token's advantage is the sum of the normalised rewards of
+                the steps that end at or after it (GRPO with process supervision, Shao et al.
+                2024 sec. 4.1.3); grpo, dr_grpo, cispo and dapo without refill
             temperature: sampling temperature; log-probs are computed from logits / T
             max_new_tokens: longest completion sampled
         """
@@ -114,7 +120,11 @@ class GRPO(OnlineAlgorithm):
         self.overlong_buffer, self.overlong_penalty = overlong_buffer, overlong_penalty
         if refill_rounds is not None and (refill_rounds < 0 or (refill_rounds > 0 and loss_type != "dapo")):
             raise ValueError(f"refill_rounds is dapo's dynamic sampling: >= 0, and only with loss_type dapo, got {refill_rounds}")
-        self.refill_rounds = (3 if loss_type == "dapo" else 0) if refill_rounds is None else refill_rounds
+        self.refill_rounds = (3 if loss_type == "dapo" and not process_rewards else 0) if refill_rounds is None else refill_rounds
+        if process_rewards and (loss_type not in ("grpo", "dr_grpo", "dapo", "cispo") or self.refill_rounds):
+            raise ValueError("process_rewards gives each token its own advantage: loss_type grpo, dr_grpo, cispo or dapo "
+                             f"without refill (refill_rounds: 0), got {loss_type!r} with refill_rounds {self.refill_rounds}")
+        self.process_rewards = process_rewards
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         # What the module reads: G rows per prompt, and a reference only when the KL term is on.
         self.samples_per_prompt = num_generations
@@ -159,7 +169,11 @@ class GRPO(OnlineAlgorithm):
         # A reward may leave a sample out (None, read as NaN): it gets no advantage and no
         # loss, and its group's statistics are taken over the others.
         scored = ~torch.isnan(rewards)
-        advantages = self.advantages(rewards, mask.bool() & scored[:, None], log_ratio, getattr(ctx, "sum_over_processes", None))
+        if self.process_rewards:
+            step_scores, step_columns = pieces[0][4]  # no refill with process rewards: one piece
+            advantages = process_advantages(step_scores, step_columns, g, mask.shape[1], self.divides_by_std).to(mask.device) * mask
+        else:
+            advantages = self.advantages(rewards, mask.bool() & scored[:, None], log_ratio, getattr(ctx, "sum_over_processes", None))
         flat_groups = group_is_flat(rewards, g)
         in_batch = torch.ones_like(scored)
         if self.refill_rounds:  # B of the refilled pool's groups
@@ -205,16 +219,20 @@ class GRPO(OnlineAlgorithm):
                           {k: v.detach().float() for k, v in metrics.items()})
 
     def _sample_groups(self, ctx, prompts) -> tuple:
-        """G completions of every prompt of a batch, scored: (rollout, prompt texts, columns, scores)."""
+        """G completions of every prompt of a batch, scored: (rollout, prompt texts, columns, scores,
+        and with ``process_rewards`` each completion's step scores and their columns)."""
         g = self.num_generations
         prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(g)]
         texts = [text for text in prompts["prompts"] for _ in range(g)]
         columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(g)]
         sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
-        return sampled, texts, columns, ctx.reward(texts, sampled.completions, columns).float()
+        if self.process_rewards:  # the completion's score is its steps' aggregate; the steps are kept
+            scores, steps = ctx.step_rewards(texts, sampled)
+            return sampled, texts, columns, scores.float(), steps
+        return sampled, texts, columns, ctx.reward(texts, sampled.completions, columns).float(), None
 
     def _informative_groups(self, piece: tuple) -> int:
-        sampled, _, _, scores = piece
+        sampled, _, _, scores, _ = piece
         return int((~group_is_flat(self._rewards(scores, sampled), self.num_generations)).sum())
 
     def _rewards(self, scores: torch.Tensor, sampled) -> torch.Tensor:
@@ -296,6 +314,30 @@ def group_advantages(rewards: torch.Tensor, group_size: int, divide_by_std: bool
     part in their group's mean and std, and get advantage 0."""
     _, centred, std = group_moments(rewards, group_size)
     return (centred / (std[:, None] + 1e-4) if divide_by_std else centred).flatten()
+
+
+def process_advantages(step_scores: list[list[float]], step_columns: list[list[int]], group_size: int, width: int,
+                       divide_by_std: bool) -> torch.Tensor:
+    """``[N, width]`` per-token advantages from step rewards (GRPO with process supervision,
+    Shao et al. 2024, arXiv:2402.03300, sec. 4.1.3): every step reward of a group is
+    normalised by the mean (and std, + 1e-4) of all the group's step rewards,
+    ``r~ = (r - mean) / std``, and token t's advantage is the sum of the normalised rewards
+    of the steps ending at or after it: ``A_t = sum_{j: end(j) >= t} r~_j``. Row i's step j
+    ends at column ``step_columns[i][j]`` (aligned with ``policy_logps``); tokens after the
+    last step get 0."""
+    dense = torch.zeros(len(step_scores), width, dtype=torch.float32)
+    for start in range(0, len(step_scores), group_size):
+        rows = range(start, start + group_size)
+        values = torch.tensor([v for i in rows for v in step_scores[i]], dtype=torch.float32)
+        if len(values) == 0:
+            continue
+        mean = values.mean()
+        std = values.std() if len(values) > 1 else torch.tensor(0.0)
+        for i in rows:
+            for value, column in zip(step_scores[i], step_columns[i], strict=True):
+                normalised = value - mean
+                dense[i, column] += normalised / (std + 1e-4) if divide_by_std else normalised
+    return dense.flip(-1).cumsum(-1).flip(-1)
 
 
 def group_moments(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

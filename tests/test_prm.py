@@ -131,3 +131,76 @@ def test_a_prm_trains_exports_and_scores_steps(tmp_path):
     assert source(prompts, completions).tolist() == pytest.approx([math.prod(s) for s in steps], rel=1e-6)
     # scored one at a time or together: the same (padding changes nothing)
     assert source.step_scores(prompts[1:], completions[1:])[0] == pytest.approx(steps[1], abs=1e-5)
+
+
+# -- RL with step rewards -------------------------------------------------------------------
+
+
+def test_process_advantages_by_hand():
+    """A group of two: row 0's steps score 1 and 0 and end at columns 1 and 3, row 1's one
+    step scores 1 and ends at column 2. Mean 2/3: normalised 1/3, -2/3 and 1/3; a token's
+    advantage sums the steps ending at or after it. With the std (sqrt(1/3)) the same over
+    0.57735 + 1e-4."""
+    from lightning_rlhf_plugins.grpo import process_advantages
+
+    plain = process_advantages([[1.0, 0.0], [1.0]], [[1, 3], [2]], 2, 5, divide_by_std=False)
+    third = 1 / 3
+    expected = torch.tensor([[-third, -third, -2 * third, -2 * third, 0.0], [third, third, third, 0.0, 0.0]])
+    torch.testing.assert_close(plain, expected)
+    scaled = process_advantages([[1.0, 0.0], [1.0]], [[1, 3], [2]], 2, 5, divide_by_std=True)
+    torch.testing.assert_close(scaled, expected / (math.sqrt(1 / 3) + 1e-4))
+    # a group whose steps all score the same teaches nothing
+    assert not process_advantages([[0.5], [0.5, 0.5]], [[0], [0, 1]], 2, 3, divide_by_std=True).any()
+
+
+def test_each_step_reward_lands_on_the_token_that_ends_the_step(tiny_tokenizer):
+    """Prompt ``Q?`` (2 tokens), completion ``a1\\nb2`` + EOS, one token per character: the
+    first step ends with the separator (completion token 2, column 2 + 2 - 1 = 3), the
+    second with ``2`` (token 4, column 5); EOS gets no step."""
+    from lightning_rlhf.data.collate import pad_sequences
+    from lightning_rlhf.rollout import Rollout, step_columns
+
+    prompt = tiny_tokenizer("Q?")["input_ids"]
+    completion = tiny_tokenizer("a1\nb2")["input_ids"] + [tiny_tokenizer.eos_token_id]
+    batch = pad_sequences([(prompt, completion)], tiny_tokenizer.pad_token_id)
+    rollout = Rollout(batch, ["a1\nb2"], torch.tensor([True]), torch.tensor([len(completion)]))
+    assert step_columns(tiny_tokenizer, rollout, [2], "\n") == [[3, 5]]
+    assert batch["input_ids"][0, 3 + 1].item() == tiny_tokenizer("\n")["input_ids"][0]  # column c scores token c + 1
+    assert step_columns(tiny_tokenizer, rollout, [1], "\n") == [[3]]  # a PRM that scored only the first step
+
+
+class LetterSteps:
+    """A step source for the tiny model: a step (words split on spaces) scores its letters "e"."""
+
+    step_separator, aggregation = " ", "min"
+
+    def step_scores(self, prompts, completions):
+        from lightning_rlhf.data.stepwise import split_steps
+
+        return [[float(step.count("e")) for step in split_steps(c, " ")] if c.strip() else [] for c in completions]
+
+
+def test_grpo_with_process_rewards_gives_tokens_their_steps_advantages(tiny_tokenizer):
+    from lightning_rlhf.testing import make_batch, make_policy_module
+
+    torch.manual_seed(0)
+    algorithm = create_algorithm("grpo", num_generations=4, process_rewards=True, max_new_tokens=8)
+    module = make_policy_module(algorithm)
+    module.reward_source = LetterSteps()
+    experience = algorithm.rollout(module, make_batch("prompt", module.tokenizer))
+    advantages, mask = experience.tensors["advantages"], experience.tensors["completion_mask"][:, 1:]
+    assert advantages.shape == mask.shape and advantages.dtype == torch.float32
+    assert not advantages[~mask.bool()].any()  # prompt and padding: nothing
+    assert advantages.abs().sum() > 0
+    out = algorithm.loss(module, next(iter(algorithm.minibatches(experience))))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="process_rewards"):
+        create_algorithm("grpo", loss_type="gspo", process_rewards=True)
+    with pytest.raises(ValueError, match="refill_rounds: 0"):
+        create_algorithm("grpo", loss_type="dapo", refill_rounds=2, process_rewards=True)
+    plain = make_policy_module(create_algorithm("grpo", process_rewards=True))
+    plain.reward_source = __import__("lightning_rlhf.rewards", fromlist=["FunctionReward"]).FunctionReward(
+        "lightning_rlhf.rewards.rules.letter_e_reward")
+    with pytest.raises(RuntimeError, match="must score each step"):
+        plain.algorithm.rollout(plain, make_batch("prompt", plain.tokenizer))

@@ -141,6 +141,23 @@ class OnlineMixin:
             raise RuntimeError(f"algorithm {self.algorithm.name!r} needs a reward source: set the module's `reward`")
         return self.reward_source(prompts, completions, columns).to(self.device)
 
+    def step_rewards(self, prompts: list[str], rollout: Rollout) -> tuple[Tensor, tuple[list[list[float]], list[list[int]]]]:
+        """For a reward source that scores every step (``rewards.StepRewardSource``): each
+        completion's score (its steps aggregated as the source says), ``[N]`` on the module's
+        device, and per completion its step scores and the columns (aligned with
+        ``policy_logps``) of the tokens that end those steps."""
+        from lightning_rlhf.rewards.steps import aggregate_steps
+        from lightning_rlhf.rollout import step_columns
+
+        source = self.reward_source
+        if not hasattr(source, "step_scores"):
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} reads a reward per step: its reward source must score "
+                               f"each step (lightning_rlhf.rewards.StepRewardSource), got {type(source).__name__}")
+        scores = source.step_scores(prompts, rollout.completions)
+        columns = step_columns(self.tokenizer, rollout, [len(s) for s in scores], source.step_separator)
+        aggregate = torch.tensor([aggregate_steps(s, source.aggregation) for s in scores], device=self.device)
+        return aggregate, (scores, columns)
+
     def values(self, batch: dict[str, Tensor]) -> Tensor:
         """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad when enabled)."""
         if self.value_model is not None:
