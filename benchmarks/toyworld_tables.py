@@ -98,7 +98,10 @@ def rlvr_pipeline(out: str, seeds: list[int], methods: list[str]) -> dict:
     if "rejection_sampling" in methods:
         stages.append({"toy-prompts": {"world": "arithmetic", "name": "rs-prompts", "train": 320, "heldout": 0, "seed": 0}})
     for method in methods:
-        if method in GRPO_LOSSES:
+        if method in STEP_METHODS:  # GRPO with process supervision: a reward per step
+            fit = fit_stage("recipes/grpo/arithmetic.yaml", method, prompts, "--model.init_args.algorithm.init_args.process_rewards=true",
+                            f"--model.init_args.reward={json.dumps(STEP_METHODS[method])}")
+        elif method in GRPO_LOSSES:
             fit = fit_stage("recipes/grpo/arithmetic.yaml", method, prompts, f"--model.init_args.algorithm.init_args.loss_type={method}")
         elif method == "rejection_sampling":
             fit = fit_stage("recipes/rejection_sampling/arithmetic.yaml", method, "{output_dir}/rs-prompts-train.jsonl")
@@ -109,6 +112,12 @@ def rlvr_pipeline(out: str, seeds: list[int], methods: list[str]) -> dict:
 
 
 GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
+# GRPO with step rewards (benchmarks/prm_tables.py trains the PRMs, one per seed, first)
+STEP_METHODS = {
+    "grpo_verifier_steps": {"class_path": "lightning_rlhf.toyworld.step_verifier.ArithmeticStepVerifier"},
+    "grpo_prm_steps": {"class_path": "lightning_rlhf.rewards.StepRewardSource",
+                       "init_args": {"path": "runs/prm-tables/seed{seed}/prm", "step_separator": ".", "batch_size": 256}},
+}
 
 
 def rlvr_report(paths: list[str], figure: str | None) -> str:
@@ -252,7 +261,8 @@ def main() -> None:
     parser.add_argument("results", nargs="*", help="pooled: the results files to pool; rlvr-report: the rlvr results to join")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument("--methods", nargs="+", default=list(RLVR_METHODS), choices=RLVR_METHODS, help="rlvr: the methods")
+    parser.add_argument("--methods", nargs="+", default=list(RLVR_METHODS), choices=[*RLVR_METHODS, *STEP_METHODS],
+                        help="rlvr: the methods (grpo_prm_steps reads the PRMs benchmarks/prm_tables.py trains)")
     parser.add_argument("--best-of-n", default="2,4,8,16,32")
     parser.add_argument("--out", default=None, help="default: runs/tables/<table>")
     parser.add_argument("--figure", default=None, help="pooled, rlvr-report: also draw reward (accuracy) against KL to this PNG")

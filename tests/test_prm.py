@@ -204,3 +204,14 @@ def test_grpo_with_process_rewards_gives_tokens_their_steps_advantages(tiny_toke
         "lightning_rlhf.rewards.rules.letter_e_reward")
     with pytest.raises(RuntimeError, match="must score each step"):
         plain.algorithm.rollout(plain, make_batch("prompt", plain.tokenizer))
+
+
+def test_the_step_verifier_scores_steps_and_completions():
+    from lightning_rlhf.toyworld.step_verifier import ArithmeticStepVerifier
+
+    prompts = ["What is 4+7+2?"] * 3
+    completions = [" 4+7=11. 11+2=13. Answer: 13", " 4+7=12. 12+2=14. Answer: 14", ""]
+    verifier = ArithmeticStepVerifier()
+    assert verifier.step_scores(prompts, completions) == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], []]
+    assert verifier(prompts, completions).tolist() == [1.0, 0.0, 0.0]
+    assert ArithmeticStepVerifier("last")(prompts, completions).tolist() == [1.0, 1.0, 0.0]
