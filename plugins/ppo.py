@@ -68,6 +68,10 @@ class PPO(OnlineAlgorithm):
 
         r_t   = -beta * KL_t                 per token, KL_t = k1 or k3 estimate of log pi/pi_ref
         r_L  += score(x, y) - missing_eos_penalty * [no EOS]     at the final token
+                (``step_rewards``: r_e(j) += score of step j at the token e(j) ending step j,
+                from a step reward source such as a process reward model, and the EOS
+                penalty at the final token; Lightman et al. 2023's process supervision as
+                dense rewards)
         A, R  = GAE(r, V_old; gamma, lambda)    A whitened over the batch
 
     Loss, for several epochs over minibatches, with ratio = pi(y_t) / pi_old(y_t), both at
@@ -101,6 +105,7 @@ class PPO(OnlineAlgorithm):
         normalize_scores: bool = False,
         score_clip: float | None = None,
         missing_eos_penalty: float = 1.0,
+        step_rewards: bool = False,
         ppo_epochs: int = 4,
         minibatch_size: int = 8,
         temperature: float = 1.0,
@@ -124,6 +129,9 @@ class PPO(OnlineAlgorithm):
             normalize_scores: divide scores by a running std and remove the running mean (Secrets of RLHF)
             score_clip: clip (normalised) scores to [-score_clip, score_clip]; None: no clipping
             missing_eos_penalty: subtracted from the score of a completion without EOS
+            step_rewards: the reward source scores every step (``rewards.StepRewardSource``):
+                each step's score is a reward at the token that ends it, instead of one score
+                at the final token (not with ``normalize_scores`` or ``score_clip``)
             ppo_epochs: passes over each rollout
             minibatch_size: sequences per optimiser step
             temperature: sampling temperature; log-probs are recomputed from logits / T
@@ -148,6 +156,9 @@ class PPO(OnlineAlgorithm):
         self.whiten_advantages, self.whiten_rewards = whiten_advantages, whiten_rewards
         self.normalize_scores, self.score_clip = normalize_scores, score_clip
         self.missing_eos_penalty = missing_eos_penalty
+        if step_rewards and (normalize_scores or score_clip is not None):
+            raise ValueError("step_rewards places each step's own score: normalize_scores and score_clip shape one score per completion")
+        self.step_rewards = step_rewards
         self.ppo_epochs, self.minibatch_size = ppo_epochs, minibatch_size
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.kl_controller = (
@@ -162,7 +173,11 @@ class PPO(OnlineAlgorithm):
         sampled = ctx.generate(prompts["prompt_ids"], self.temperature, self.top_p, self.max_new_tokens)
         batch = {k: v for k, v in sampled.batch.items() if k != "logp_index"}
         batch["logp_index"] = sampled.batch["logp_index"]
-        raw_scores = ctx.reward(prompts["prompts"], sampled.completions, prompts.get("columns"))
+        if self.step_rewards:  # the completion's score: its steps' aggregate, for the metrics
+            raw_scores, (step_scores, step_columns) = ctx.step_rewards(list(prompts["prompts"]), sampled)
+            raw_scores = raw_scores.nan_to_num(0.0)  # no step, no reward
+        else:
+            raw_scores = ctx.reward(prompts["prompts"], sampled.completions, prompts.get("columns"))
         if torch.isnan(raw_scores).any():
             raise ValueError(f"PPO needs a score for every sample, and the reward left {int(torch.isnan(raw_scores).sum())} "
                              "out (returned None); grpo, rloo and reinforce_pp leave such samples out of the loss")
@@ -180,7 +195,14 @@ class PPO(OnlineAlgorithm):
         shaped = self._shape_scores(scores, update=getattr(ctx, "training", True), sum_over_processes=across)
         rewards = -beta * kl
         last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # final token's column
-        rewards[torch.arange(len(last), device=mask.device), last] += shaped
+        if self.step_rewards:
+            rows = torch.tensor([i for i, columns in enumerate(step_columns) for _ in columns], dtype=torch.long)
+            columns = torch.tensor([c for columns in step_columns for c in columns], dtype=torch.long)
+            per_step = torch.tensor([v for row in step_scores for v in row], dtype=rewards.dtype)
+            rewards.index_put_((rows.to(mask.device), columns.to(mask.device)), per_step.to(mask.device), accumulate=True)
+            rewards[torch.arange(len(last), device=mask.device), last] += scores - raw_scores  # the missing-EOS penalty
+        else:
+            rewards[torch.arange(len(last), device=mask.device), last] += shaped
         if self.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False, sum_over_processes=across)
         advantages, returns = generalized_advantages(rewards, values, mask, self.gamma, self.lam)

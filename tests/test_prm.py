@@ -215,3 +215,28 @@ def test_the_step_verifier_scores_steps_and_completions():
     assert verifier.step_scores(prompts, completions) == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], []]
     assert verifier(prompts, completions).tolist() == [1.0, 0.0, 0.0]
     assert ArithmeticStepVerifier("last")(prompts, completions).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_ppo_with_step_rewards_places_each_step_score_at_its_token(tiny_tokenizer):
+    """No KL (kl_coef 0), gamma = lambda = 1: the return at a completion's first scored
+    column is the sum of its step scores, minus the missing-EOS penalty when it has no EOS;
+    and the return right after a step's last column drops by that step's score."""
+    from lightning_rlhf.testing import make_batch, make_policy_module
+
+    torch.manual_seed(0)
+    algorithm = create_algorithm("ppo", kl_coef=0.0, gamma=1.0, lam=1.0, step_rewards=True, missing_eos_penalty=0.5,
+                                 max_new_tokens=8, whiten_advantages=False)
+    module = make_policy_module(algorithm)
+    module.reward_source = LetterSteps()
+    prompts = make_batch("prompt", module.tokenizer)
+    experience = algorithm.rollout(module, prompts)
+    returns, mask = experience.tensors["returns"], experience.tensors["completion_mask"][:, 1:].bool()
+    steps = LetterSteps().step_scores(list(prompts["prompts"]), experience.completions)
+    for i, row_steps in enumerate(steps):
+        first = int(mask[i].nonzero()[0])
+        # the experience's score is the aggregate (min) less the penalty, when there is one
+        penalty = (min(row_steps) if row_steps else 0.0) - experience.scores[i].item()
+        assert penalty == pytest.approx(0.0, abs=1e-6) or penalty == pytest.approx(0.5, abs=1e-6)
+        assert returns[i, first].item() == pytest.approx(sum(row_steps) - penalty, abs=1e-5), (i, experience.completions[i])
+    with pytest.raises(ValueError, match="step_rewards"):
+        create_algorithm("ppo", step_rewards=True, normalize_scores=True)
