@@ -50,7 +50,8 @@ def export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from lightning_rlhf.modules.reward import checkpoint_module_class
 
-    module = checkpoint_module_class(args.checkpoint).from_checkpoint(args.checkpoint)
+    # Only what is written is loaded: a policy without its reference, critic or reward model.
+    module = checkpoint_module_class(args.checkpoint).policy_from_checkpoint(args.checkpoint)
     module.save_pretrained(args.output, merged=not args.adapter_only)
     print(f"wrote {args.output}")
     return 0

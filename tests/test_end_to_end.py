@@ -67,3 +67,24 @@ def test_export_command_from_checkpoint(tmp_path):
     state = cli.model.policy.state_dict()
     for key, value in exported.state_dict().items():
         torch.testing.assert_close(value, state[key])
+
+
+def test_export_of_a_dpo_checkpoint_loads_the_policy_alone(tmp_path, monkeypatch):
+    """Exporting a full-weight DPO checkpoint writes the trained policy without loading the
+    reference model beside it (counted: one causal LM loaded, not two)."""
+    from lightning_rlhf.cli import main
+    from lightning_rlhf.modules import policy as policy_module
+
+    cli = run_recipe("recipes/dpo/tiny.yaml", tmp_path, False, "--trainer.max_steps", "2")
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    loads = []
+    original = policy_module.load_causal_lm
+    monkeypatch.setattr(policy_module, "load_causal_lm", lambda *a, **k: loads.append(a[0].name_or_path) or original(*a, **k))
+    assert main(["export", str(checkpoint), str(tmp_path / "from_ckpt")]) == 0
+    assert len(loads) == 1
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "from_ckpt")
+    state = cli.model.policy.state_dict()
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(value, state[key])

@@ -173,6 +173,17 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         module.load_state_dict(checkpoint["state_dict"])
         return module
 
+    @classmethod
+    def policy_from_checkpoint(cls, path: str | Path) -> PolicyModule:
+        """The module with its trained policy alone, for ``export``: the reference, the
+        critic and the reward source are not loaded (export writes none of them)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        module = cls.from_hparams({**checkpoint["hyper_parameters"], "reward": None, "critic": None})
+        module.policy = load_causal_lm(module.policy_settings, trainable=True)  # LoRA wrapped as it was trained
+        prefix = "policy."
+        module.policy.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+        return module
+
     @property
     def uses_adapter_reference(self) -> bool:
         """The reference is the policy with adapters off: no second copy in memory."""

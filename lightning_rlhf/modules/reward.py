@@ -106,6 +106,11 @@ class RewardModule(L.LightningModule):
         )
 
     @classmethod
+    def policy_from_checkpoint(cls, path: str | Path) -> RewardModule:
+        """For ``export``: the reward model is all a RewardModule holds."""
+        return cls.from_checkpoint(path)
+
+    @classmethod
     def from_checkpoint(cls, path: str | Path) -> RewardModule:
         """Load a module, weights included, from a Lightning checkpoint."""
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
