@@ -65,9 +65,14 @@ def reward_vs_kl(
     if percent:
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
+    return _save(fig, ax, path, title, note, legend, ncol=2)
+
+
+def _save(fig, ax, path: str | Path, title: str, note: str, legend: str, ncol: int = 1) -> Path:
+    """Title, grid, legend and the note (kernel path, seeds) under the axes; then the file."""
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc=legend, ncol=2)
+    ax.legend(fontsize=8, loc=legend, ncol=ncol)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -104,14 +109,4 @@ def accuracy_vs_n(curves: Sequence[Curve], path: str | Path, title: str, note: s
     ax.set_xlabel("n (samples per prompt, the selector picks one)")
     ax.set_ylabel(ylabel)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title, note, "upper left")

@@ -240,3 +240,32 @@ def test_ppo_with_step_rewards_places_each_step_score_at_its_token(tiny_tokenize
         assert returns[i, first].item() == pytest.approx(sum(row_steps) - penalty, abs=1e-5), (i, experience.completions[i])
     with pytest.raises(ValueError, match="step_rewards"):
         create_algorithm("ppo", step_rewards=True, normalize_scores=True)
+
+
+def test_the_prm_table_and_figure_from_per_seed_results(tmp_path):
+    """benchmarks/prm_tables.py's summary of three seeds: each figure's mean and interval, a
+    row per selector with the verifier last, and the best-of-n figure drawn from them."""
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import prm_tables
+
+    per_seed = []
+    for seed in range(3):
+        result = {"prm_step_accuracy": 0.8 + 0.01 * seed, "prm_wrong_step_f1": 0.5, "wrong_step_share": 0.2,
+                  "orm_outcome_accuracy": 0.6, "seconds": 1.0}
+        for n in (1, 2, 4):
+            result[f"best_of_{n}/ORM"] = 0.5
+            result[f"best_of_{n}/verifier (any right: the ceiling)"] = 1 - 0.5**n
+        per_seed.append(result)
+    summary, table = prm_tables.summarise(per_seed, [1, 2, 4])
+    assert summary["prm_step_accuracy"]["mean"] == pytest.approx(0.81)
+    assert summary["prm_step_accuracy"]["half_width"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), rel=1e-3)
+    rows = table.splitlines()
+    assert rows[2].startswith("| ORM | 50.0% ± 0.0%") and rows[3].startswith("| verifier") and "93.8%" in rows[3]
+    path = tmp_path / "bon.png"
+    prm_tables.figure(summary, [1, 2, 4], str(path), "note")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
