@@ -136,7 +136,7 @@ def two_label_classifier(tiny_tokenizer, tmp_path):
 def test_two_output_classifier_as_reward_source_is_an_error(two_label_classifier):
     from lightning_rlhf.rewards.model import RewardModelSource
 
-    with pytest.raises(ValueError, match=r"sequence classifier with 2 outputs \(num_labels=2\); a reward model has one scalar"):
+    with pytest.raises(ValueError, match=r"classifier with 2 outputs \(num_labels=2\); a reward model has one scalar"):
         RewardModelSource(str(two_label_classifier))
 
 
