@@ -93,9 +93,11 @@ class Curve:
     errs: Sequence[float]
 
 
-def accuracy_vs_n(curves: Sequence[Curve], path: str | Path, title: str, note: str = "", ylabel: str = "held-out accuracy") -> Path:
-    """Write a best-of-n figure (a line with an interval band per selector, n on a log-2
-    axis, accuracy in %) to ``path``."""
+def accuracy_vs_n(curves: Sequence[Curve], path: str | Path, title: str, note: str = "", ylabel: str = "held-out accuracy",
+                  xlabel: str = "n (samples per prompt, the selector picks one)", log_x: bool = True) -> Path:
+    """Write accuracy against n (a line with an interval band per curve, accuracy in %; n on
+    a log-2 axis unless ``log_x`` is off) to ``path``: best-of-n by selector, or accuracy
+    against sampled completions by method."""
     fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=120)
     colors = plt.get_cmap("tab10")
     for i, curve in enumerate(curves):
@@ -103,10 +105,11 @@ def accuracy_vs_n(curves: Sequence[Curve], path: str | Path, title: str, note: s
         high = [v + e for v, e in zip(curve.values, curve.errs)]
         ax.plot(curve.ns, curve.values, marker="o", markersize=4, color=colors(i % 10), label=curve.label)
         ax.fill_between(curve.ns, low, high, color=colors(i % 10), alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    if log_x:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xticks(sorted({n for c in curves for n in c.ns}))
-    ax.set_xlabel("n (samples per prompt, the selector picks one)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     return _save(fig, ax, path, title, note, "upper left")
