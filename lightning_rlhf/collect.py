@@ -2,7 +2,9 @@
 a reward source, and write preference data the data modules read.
 
 The reward source plays the annotator: ``--reward gold`` is the toy world's "human"; a
-reward-model directory makes this RLAIF. Three output shapes:
+reward-model directory, or an LLM judge (``--judge``: each completion scored by its mean
+probability, read from the judge, of beating the prompt's other completions; see
+``rewards.judge``), makes this RLAIF. Three output shapes:
 
 - ``best-worst``: one pair per prompt, the highest-scored completion against the
   lowest, ``{"prompt", "chosen", "rejected", "margin"}`` (``PreferenceDataModule``);
@@ -150,7 +152,10 @@ def label_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--policy", required=True, help="model id, directory, or builtin:<name> (e.g. builtin:toyworld)")
     parser.add_argument("--prompts", required=True, help='rows file with a "prompt" field (JSONL/JSON/Parquet/CSV)')
-    parser.add_argument("--reward", required=True, help=f"reward source: {SHORTHANDS} (`gold` is the toy world's sentiment scorer)")
+    annotator = parser.add_mutually_exclusive_group(required=True)
+    annotator.add_argument("--reward", help=f"reward source: {SHORTHANDS} (`gold` is the toy world's sentiment scorer)")
+    annotator.add_argument("--judge", help="a pairwise LLM judge instead: a model (directory, hub id, builtin:<name>) "
+                           "or a .yaml spec of lightning_rlhf.rewards.PairwiseJudge; a pair's margin is 2p - 1")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--k", type=int, default=4, help="completions sampled per prompt (>= 2)")
     parser.add_argument("--mode", choices=MODES, default="best-worst", help="pairs or K-wise rankings")
@@ -171,7 +176,12 @@ def label_command(argv: list[str]) -> int:
 
     started = time.perf_counter()
     prompts, columns = read_prompt_rows(args.prompts, args.limit)
-    reward = load_reward_source(args.reward)
+    if args.judge:
+        from lightning_rlhf.rewards.judge import load_judge
+
+        judge = load_judge(args.judge)
+    else:
+        reward = load_reward_source(args.reward)
     model, tokenizer = load_policy(args.policy)
     samples = sample(
         model, tokenizer, prompts, n=args.k, temperature=args.temperature, top_p=args.top_p,
@@ -179,11 +189,14 @@ def label_command(argv: list[str]) -> int:
         progress=f"label: {args.k} samples x {len(prompts)} prompts",
     )
     completions = [[s.text for s in group] for group in samples]
-    flat_scores = reward([p for p, group in zip(prompts, completions) for _ in group], [c for g in completions for c in g],
-                         [row for row, group in zip(columns, completions) for _ in group]).tolist()
-    scores = [flat_scores[i * args.k : (i + 1) * args.k] for i in range(len(prompts))]
+    if args.judge:
+        scores = judge.group_scores(prompts, completions)
+    else:
+        flat_scores = reward([p for p, group in zip(prompts, completions) for _ in group], [c for g in completions for c in g],
+                             [row for row, group in zip(columns, completions) for _ in group]).tolist()
+        scores = [flat_scores[i * args.k : (i + 1) * args.k] for i in range(len(prompts))]
     rows, summary = preference_rows(prompts, completions, scores, args.mode, args.min_gap)
     write_jsonl(args.output, rows)
-    summary.extra = {"output": args.output, "mode": args.mode, "k": args.k, "seconds": round(time.perf_counter() - started, 1)}
+    summary.extra = {"output": args.output, "mode": args.mode, "k": args.k, "annotator": args.judge or args.reward, "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(asdict(summary)))
     return 0

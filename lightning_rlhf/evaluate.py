@@ -20,6 +20,10 @@ further reference samples per prompt (seed + 1, independent of the reference's o
 samples), the best of the first n by a selection reward (``--best-of-n-reward``, default
 the evaluation reward), its evaluation reward, its win rate against the reference's
 samples, and its KL ``log n - (n - 1) / n`` (see ``lightning_rlhf.best_of_n``).
+
+With ``--judge`` a pairwise LLM judge (``rewards.judge``) also compares each pair of
+samples: its win rate is the mean over pairs of P(policy sample better), both orders of
+the two answers averaged, reported beside the reward's win rate.
 """
 
 from __future__ import annotations
@@ -67,13 +71,14 @@ def evaluate_models(
     policy, policy_tokenizer, reference, reference_tokenizer, prompts: list[str], reward,
     samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
     batch_size: int = 64, seed: int = 0, best_of_n: Sequence[int] = (), selection_reward=None,
-    columns: list[dict] | None = None,
+    columns: list[dict] | None = None, judge=None,
 ) -> dict:
     """Sample, score and compare; returns the report as a plain dict (see module docstring).
 
     ``best_of_n``: the n of best-of-n rows from the reference, selected by
     ``selection_reward`` (None: ``reward``). ``columns``: each prompt row's other columns,
-    for rewards that read them (a reference ``answer``)."""
+    for rewards that read them (a reference ``answer``). ``judge``: a ``PairwiseJudge`` whose
+    win rate is reported too."""
     from lightning_rlhf.generation import sample, sequence_logps
 
     settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
@@ -122,6 +127,11 @@ def evaluate_models(
             for i in range(min(EXAMPLES, len(sample_prompts)))
         ],
     }
+    if judge is not None:
+        preferred = judge.probability_first_better(sample_prompts, [s.text for s in policy_samples],
+                                                   [s.text for s in reference_samples])
+        report["judge"] = {"win_rate": float(preferred.double().mean()), "agreement_with_reward": judge_agreement(
+            preferred.tolist(), policy_scores, reference_scores)}
     if best_of_n:
         from lightning_rlhf.best_of_n import scores_matrix
 
@@ -131,6 +141,13 @@ def evaluate_models(
             {**settings, "seed": seed + 1}, columns,
         )
     return report
+
+
+def judge_agreement(preferred: Sequence[float], policy_scores: Sequence[float], reference_scores: Sequence[float]) -> float | None:
+    """Share of the pairs the reward does not tie on where the judge (P > 0.5) picks the
+    one the reward scores higher; None when the reward ties on every pair."""
+    decided = [(p > 0.5) == (a > b) for p, a, b in zip(preferred, policy_scores, reference_scores) if a != b]
+    return sum(decided) / len(decided) if decided else None
 
 
 def evaluate_best_of_n(model, tokenizer, prompts: list[str], reward, selection_reward, ns: Sequence[int],
@@ -165,6 +182,8 @@ def format_report(report: dict, policy_name: str = "policy", reference_name: str
         ("win rate vs reference", "-", f"{report['win_rate']:.1%}"),
         ("KL(policy || reference)", "-", kl),
     ]
+    if report.get("judge"):
+        rows.append(("judge's win rate vs reference", "-", f"{report['judge']['win_rate']:.1%}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{report['prompts']} prompts x {report['samples_per_prompt']} sample(s)"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -201,6 +220,8 @@ def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> 
     }
     if report["kl"] is not None:
         metrics["eval/kl"] = report["kl"]
+    if report.get("judge"):
+        metrics["eval/judge_win_rate"] = report["judge"]["win_rate"]
     for row in (report.get("best_of_n") or {}).get("rows", []):
         for key in ("mean_reward", "win_rate", "kl"):
             metrics[f"eval/best_of_{row['n']}/{key}"] = row[key]
@@ -233,6 +254,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         help="also report best-of-n from the reference for these n (e.g. 2,4,8,16,32)")
     parser.add_argument("--best-of-n-reward", default=None,
                         help="reward source that picks the best of n (default: --reward); a proxy such as a reward model")
+    parser.add_argument("--judge", default=None, help="also report the win rate a pairwise LLM judge gives: a model "
+                        "(directory, hub id, builtin:<name>) or a .yaml spec of lightning_rlhf.rewards.PairwiseJudge")
     add_sampling_arguments(parser)
     return parser
 
@@ -256,16 +279,23 @@ def evaluate_command(argv: list[str]) -> int:
     prompts, columns = read_prompt_rows(args.prompts, args.limit)
     reward = load_reward_source(args.reward)
     selection_reward = load_reward_source(args.best_of_n_reward) if args.best_of_n_reward else None
+    judge = None
+    if args.judge:
+        from lightning_rlhf.rewards.judge import load_judge
+
+        judge = load_judge(args.judge)
     policy, policy_tokenizer = load_policy(args.policy)
     reference, reference_tokenizer = load_policy(args.reference)
     report = evaluate_models(
         policy, policy_tokenizer, reference, reference_tokenizer, prompts, reward,
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-        best_of_n=best_of_n, selection_reward=selection_reward, columns=columns,
+        best_of_n=best_of_n, selection_reward=selection_reward, columns=columns, judge=judge,
     )
     if best_of_n:
         report["best_of_n"]["selection_reward"] = args.best_of_n_reward or args.reward
+    if judge is not None:
+        report["judge"]["spec"] = args.judge
     report.update(policy_name=args.policy, reference_name=args.reference, reward=args.reward,
                   seconds=round(time.perf_counter() - started, 1))
     print(format_report(report, args.policy_label, args.reference_label))

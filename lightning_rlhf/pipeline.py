@@ -24,13 +24,15 @@ Stage kinds:
 - ``fit``: ``lightning-rlhf fit --config <config> <args...>``, run in this process
   through the same LightningCLI;
 - ``evaluate``: ``lightning-rlhf evaluate`` with these options; its JSON report (the
-  ``output`` option) gives the final before/after table.
+  ``output`` option) gives a column of the final before/after table (one column per
+  evaluated policy, e.g. DPO on judge labels beside DPO on gold labels).
 
 A stage whose options mention ``{seed}`` is *seeded*: each run of consecutive seeded stages
 is repeated once per seed (label, fit and evaluate again for seed 1, ...), the others run
 once (the SFT model is built once). When the last evaluate stage is seeded, the final
 table gives each figure as a mean with its 95% interval over the seeds, and
-``<output_dir>/evaluation.json`` holds those and every seed's report: one seed's figure
+``<output_dir>/evaluation.json`` holds those and every seed's report (the last
+evaluation's at the top level, all of them under ``evaluations``): one seed's figure
 moves with the sampling seed and the CPU's kernel path, the interval is what holds.
 
 Every stage is checked before the first one runs, so a typo fails in a second, not
@@ -332,6 +334,7 @@ FIGURES = {
     "kl": lambda report: report["kl"],
     "reference_mean_length": lambda report: report["reference"]["mean_length"],
     "policy_mean_length": lambda report: report["policy"]["mean_length"],
+    "judge_win_rate": lambda report: (report.get("judge") or {}).get("win_rate"),
 }
 
 
@@ -368,28 +371,44 @@ def format_figure(figure: dict | None, spec: str, percent: bool = False) -> str:
     return text if figure["n"] < 2 else f"{text} ± {figure['half_width'] * scale:{spec.lstrip('+')}}{suffix}"
 
 
-def final_table(records: list[dict], summary: dict | None) -> str:
-    """Stage times, then the before/after table of the last evaluation (mean ± 95% interval
-    over the seeds when there are several)."""
+def evaluation_summaries(pipeline: Pipeline) -> list[dict]:
+    """The summary of every evaluate stage that writes a report, in pipeline order: the
+    methods a pipeline compares, each against its reference."""
+    return [summarize_evaluations(pipeline, stage) for stage in pipeline.stages if stage.kind == "evaluate" and stage.options.get("output")]
+
+
+def final_table(records: list[dict], summaries: dict | list[dict] | None) -> str:
+    """Stage times, then the before/after table of the evaluations (mean ± 95% interval
+    over the seeds when there are several): the reference's column (from the first
+    evaluation), then one column per evaluated policy."""
     lines = ["stage        seed  wall       user cpu"]
     lines += [f"{r['stage']:<12} {'' if r['seed'] is None else r['seed']:>4}  {_clock(r['seconds']):>9}  {_clock(r['user_cpu_seconds']):>9}"
               for r in records]
     lines.append(f"{'total':<12} {'':>4}  {_clock(sum(r['seconds'] for r in records)):>9}  {_clock(sum(r['user_cpu_seconds'] for r in records)):>9}")
-    if summary is None:
+    if isinstance(summaries, dict):
+        summaries = [summaries]
+    if not summaries:
         return "\n".join(lines)
-    f, before, after = summary["figures"], summary["reference_label"], summary["policy_label"]
+    first = summaries[0]
+    before = first["reference_label"]
+    afters = [s["figures"] for s in summaries]
     rows = [
-        ("", before, after),
-        ("mean gold reward" if summary["reward"] == "gold" else "mean reward",
-         format_figure(f["reference_mean_reward"], "+.3f"), format_figure(f["policy_mean_reward"], "+.3f")),
-        (f"win rate vs {before}", "50.0%", format_figure(f["win_rate"], ".1f", percent=True)),
-        (f"KL to {before} (nats)", "0", format_figure(f["kl"], ".2f")),
-        ("mean length (tokens)", format_figure(f["reference_mean_length"], ".1f"), format_figure(f["policy_mean_length"], ".1f")),
+        ("", before, *(s["policy_label"] for s in summaries)),
+        ("mean gold reward" if first["reward"] == "gold" else "mean reward",
+         format_figure(first["figures"]["reference_mean_reward"], "+.3f"), *(format_figure(f["policy_mean_reward"], "+.3f") for f in afters)),
+        (f"win rate vs {before}", "50.0%", *(format_figure(f["win_rate"], ".1f", percent=True) for f in afters)),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    seeds = summary["seeds"]
+    if any(f["judge_win_rate"] for f in afters):
+        rows.append((f"judge's win rate vs {before}", "50.0%", *(format_figure(f["judge_win_rate"], ".1f", percent=True) for f in afters)))
+    rows += [
+        (f"KL to {before} (nats)", "0", *(format_figure(f["kl"], ".2f") for f in afters)),
+        ("mean length (tokens)", format_figure(first["figures"]["reference_mean_length"], ".1f"),
+         *(format_figure(f["policy_mean_length"], ".1f") for f in afters)),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    seeds = first["seeds"]
     over = f", mean ± 95% interval over {len(seeds)} seeds" if len(seeds) > 1 else ""
-    lines.append(f"\n{before} -> {after} on {summary['prompts']} held-out prompts{over}:")
+    lines.append(f"\n{before} -> {', '.join(s['policy_label'] for s in summaries)} on {first['prompts']} held-out prompts{over}:")
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
 
@@ -409,10 +428,12 @@ def pipeline_command(argv: list[str]) -> int:
         print(f"{args.file}: {len(pipeline.stages)} stages OK: {', '.join(s.kind for s in pipeline.stages)}")
         return 0
     records = run_pipeline(pipeline, print_fn=lambda line: print(line, flush=True))
-    summary = summarize_evaluations(pipeline)
-    table = final_table(records, summary)
+    summaries = evaluation_summaries(pipeline)
+    table = final_table(records, summaries)
     print("\n" + table)
-    if summary is not None and _last_evaluation(pipeline).seeded:
+    if summaries and _last_evaluation(pipeline).seeded:
+        # the last evaluation at the top level (as a one-method pipeline writes it), every one under "evaluations"
+        summary = summaries[-1] | {"evaluations": summaries if len(summaries) > 1 else []}
         (pipeline.output_dir / "evaluation.json").write_text(json.dumps(summary | {"cpu_capability": cpu_capability()}, indent=2) + "\n")
     (pipeline.output_dir / "pipeline.json").write_text(json.dumps({"stages": records, "cpu_capability": cpu_capability()}, indent=2) + "\n")
     (pipeline.output_dir / "summary.txt").write_text(table + "\n")

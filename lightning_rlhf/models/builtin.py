@@ -45,6 +45,7 @@ _BUILDERS: dict[str, Builtin] = {
     "tiny-llama": Builtin("lightning_rlhf.models.tiny:write_tiny_llama"),
     "toyworld-pretrained": Builtin("lightning_rlhf.toyworld.models:write_pretrained", seedable=True),
     "toyworld": Builtin("lightning_rlhf.toyworld.models:write_sft", seedable=True),
+    "toyworld-judge": Builtin("lightning_rlhf.toyworld.judge:write_judge", seedable=True),
     "arithmetic-pretrained": Builtin("lightning_rlhf.toyworld.models:write_arithmetic_pretrained", seedable=True),
     "arithmetic": Builtin("lightning_rlhf.toyworld.models:write_arithmetic_sft", seedable=True),
 }

@@ -467,6 +467,18 @@ def iter_sft_pairs(seed: int = 0) -> Iterator[tuple[str, str]]:
         yield prompt, completion(rng, subject, random_sentiment(rng))
 
 
+def answer_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """`n` (prompt, completion, completion) triples from the train split: two answers to
+    one prompt, each with its own sentiment, for training a judge to compare them."""
+    rng = random.Random(f"answer-pairs-{seed}")
+    triples = []
+    for _ in range(n):
+        subject = random_subject(rng)
+        prompt = _prompt_in_split(rng, subject, "train")
+        triples.append((prompt, completion(rng, subject, random_sentiment(rng)), completion(rng, subject, random_sentiment(rng))))
+    return triples
+
+
 def sft_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """`n` (prompt, completion) pairs for supervised fine-tuning."""
     pairs = iter_sft_pairs(seed)
