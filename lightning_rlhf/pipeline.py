@@ -154,6 +154,18 @@ def check_label(stage: Stage) -> None:
     from lightning_rlhf.collect import label_parser
 
     _check_with_parser(stage, label_parser())
+    _check_judge(stage)
+
+
+def _check_judge(stage: Stage) -> None:
+    """A judge spec file is read and type-checked now; the model it names loads when the stage runs."""
+    from lightning_rlhf.rewards.judge import check_judge_spec
+
+    if "judge" in stage.options:
+        try:
+            check_judge_spec(str(stage.options["judge"]))
+        except Exception as e:  # noqa: BLE001 (jsonargparse raises several kinds)
+            raise PipelineError(f"stage {stage.number} ({stage.kind}): judge: {e}") from None
 
 
 def run_label(stage: Stage, pipeline: Pipeline) -> str:
@@ -183,6 +195,7 @@ def check_evaluate(stage: Stage) -> None:
     from lightning_rlhf.evaluate import evaluate_parser
 
     _check_with_parser(stage, evaluate_parser())
+    _check_judge(stage)
 
 
 def run_evaluate(stage: Stage, pipeline: Pipeline) -> str:

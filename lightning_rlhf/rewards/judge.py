@@ -278,18 +278,49 @@ def write_judge_file(directory: str | Path, kind: str, **settings) -> Path:
 
 def load_judge(spec: str | dict | PairwiseJudge) -> PairwiseJudge:
     """A pairwise judge from a model (directory, hub id, ``builtin:`` name), a class-spec
-    dict, or a ``.yaml``/``.json`` spec file (``class_path: lightning_rlhf.rewards.PairwiseJudge``)."""
+    dict, or a ``.yaml``/``.json`` spec file (``class_path: lightning_rlhf.rewards.PairwiseJudge``,
+    at the top level or under ``judge:``)."""
     if isinstance(spec, PairwiseJudge):
         return spec
-    if isinstance(spec, str) and Path(spec).suffix.lower() in (".yaml", ".yml", ".json") and Path(spec).is_file():
-        import yaml
-
-        spec = yaml.safe_load(Path(spec).read_text())
-        spec = spec.get("judge", spec) if isinstance(spec, dict) else spec
+    if isinstance(spec, str) and _is_spec_file(spec):
+        spec = _read_spec_file(spec)
     if isinstance(spec, dict):
-        from jsonargparse import ArgumentParser
-
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_argument("--judge", type=PairwiseJudge)
-        return parser.instantiate_classes(parser.parse_object({"judge": spec})).judge
+        parser, config = _parse(spec)
+        return parser.instantiate_classes(config).judge
     return PairwiseJudge(spec)
+
+
+def check_judge_spec(spec: str | dict) -> None:
+    """Validate a judge spec (dict or file) without loading the model: class path,
+    argument names and types. A model name is not a spec and passes unchecked."""
+    if isinstance(spec, str):
+        if not _is_spec_file(spec):
+            return
+        spec = _read_spec_file(spec)
+    _parse(spec)
+
+
+def _is_spec_file(spec: str) -> bool:
+    if Path(spec).suffix.lower() not in (".yaml", ".yml", ".json"):
+        return False
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"judge spec file {spec!r} does not exist")
+    return True
+
+
+def _read_spec_file(path: str) -> dict:
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text())
+    config = config.get("judge", config) if isinstance(config, dict) else config
+    if not isinstance(config, dict) or "class_path" not in config:
+        raise ValueError(f"{path}: expected a judge spec with a class_path (at the top level or under 'judge')")
+    return config
+
+
+def _parse(spec: dict):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--judge", type=PairwiseJudge)
+    return parser, parser.parse_object({"judge": spec})

@@ -43,8 +43,8 @@ class JudgeConfig:
     pairs: int = 20_000
     """corpus answer pairs drawn (gold ties are then left out)"""
     max_answer_tokens: int = 48
-    steps: int = 400
-    batch_size: int = 64
+    steps: int = 300
+    batch_size: int = 32
     lr: float = 1e-3
 
 
