@@ -20,13 +20,6 @@ def completion_index(completion_mask: Tensor) -> Tensor:
     return completion_mask[:, 1:].reshape(-1).nonzero().squeeze(-1)
 
 
-def _token_logps(hidden: Tensor, targets: Tensor, lm_head: Callable[[Tensor], Tensor], softcap: float | None) -> Tensor:
-    logits = lm_head(hidden).float()
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
 def logit_multiplier(config) -> float:
     """What a model's forward multiplies its logits by before the softmax it samples from:
     Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``, 1 for everything else."""
@@ -38,6 +31,62 @@ def logit_multiplier(config) -> float:
     return multiplier
 
 
+def _chunk_logps(
+    hidden: Tensor, targets: Tensor, lm_head: Callable[[Tensor], Tensor], softcap: float | None, temperature: float,
+    with_entropy: bool,
+) -> tuple[Tensor, ...]:
+    """One chunk: the head's float32 logits ``[chunk, vocab]``, capped, at the temperature;
+    the targets' log-probs and, ``with_entropy``, each position's entropy."""
+    logits = lm_head(hidden).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if temperature != 1.0:  # dividing by 1 changes no value, only adds a [chunk, vocab] tensor
+        logits = logits / temperature
+    if not with_entropy:  # no [chunk, vocab] log-softmax: the target's logit less the normaliser
+        return (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1),)
+    logps = torch.log_softmax(logits, dim=-1)
+    token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return token_logps, -(logps.exp() * logps).sum(-1)
+
+
+def _chunked_logps(
+    hidden: Tensor,
+    input_ids: Tensor,
+    index: Tensor,
+    lm_head: Callable[[Tensor], Tensor],
+    chunk_size: int,
+    logit_softcap: float | None,
+    hidden_index: Tensor | None,
+    temperature: float,
+    with_entropy: bool,
+) -> list[Tensor]:
+    """The one chunked loop under :func:`selective_logps` and :func:`selective_logps_entropy`:
+    ``[token_logps]`` or ``[token_logps, entropy]``, each ``[N, T-1]``, zero outside ``index``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    n, t = input_ids.shape
+    h = hidden.shape[-1]
+    if hidden_index is None:
+        flat_hidden = hidden[:, :-1].reshape(-1, h).index_select(0, index)
+    else:
+        flat_hidden = hidden.reshape(-1, h).index_select(0, hidden_index)
+    flat_targets = input_ids[:, 1:].reshape(-1).index_select(0, index)
+    chunks = []
+    for start in range(0, flat_hidden.shape[0], chunk_size):
+        args = (flat_hidden[start : start + chunk_size], flat_targets[start : start + chunk_size], lm_head,
+                logit_softcap, temperature, with_entropy)
+        if torch.is_grad_enabled() and args[0].requires_grad:
+            chunks.append(checkpoint(_chunk_logps, *args, use_reentrant=False))
+        else:
+            chunks.append(_chunk_logps(*args))
+    outputs = []
+    for k in range(2 if with_entropy else 1):
+        flat = torch.cat([chunk[k] for chunk in chunks]) if chunks else flat_hidden.new_zeros(0, dtype=torch.float32)
+        out = torch.zeros(n * (t - 1), dtype=torch.float32, device=hidden.device)
+        outputs.append(out.index_copy(0, index, flat).view(n, t - 1))
+    return outputs
+
+
 def selective_logps(
     hidden: Tensor,
     input_ids: Tensor,
@@ -46,8 +95,10 @@ def selective_logps(
     chunk_size: int = 1024,
     logit_softcap: float | None = None,
     hidden_index: Tensor | None = None,
+    temperature: float = 1.0,
 ) -> Tensor:
-    """Per-token log-probabilities of the targets at the positions in ``index``.
+    """Per-token log-probabilities of the targets at the positions in ``index``, under
+    ``softmax(logits / temperature)``.
 
     ``hidden`` is the final hidden state ``[N, T, H]``; ``index`` as from
     :func:`completion_index`. The head is applied to ``chunk_size`` positions at a time
@@ -59,26 +110,9 @@ def selective_logps(
     ``input_ids`` (``data.shared_prompt``), the flat index into ``hidden``'s rows and
     positions of the state that predicts each target of ``index``, in its order.
     """
-    n, t = input_ids.shape
-    h = hidden.shape[-1]
-    if hidden_index is None:
-        flat_hidden = hidden[:, :-1].reshape(-1, h).index_select(0, index)
-    else:
-        flat_hidden = hidden.reshape(-1, h).index_select(0, hidden_index)
-    flat_targets = input_ids[:, 1:].reshape(-1).index_select(0, index)
-    pieces = []
-    for start in range(0, flat_hidden.shape[0], chunk_size):
-        hidden_chunk = flat_hidden[start : start + chunk_size]
-        target_chunk = flat_targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and hidden_chunk.requires_grad:
-            pieces.append(
-                checkpoint(_token_logps, hidden_chunk, target_chunk, lm_head, logit_softcap, use_reentrant=False)
-            )
-        else:
-            pieces.append(_token_logps(hidden_chunk, target_chunk, lm_head, logit_softcap))
-    flat = torch.cat(pieces) if pieces else flat_hidden.new_zeros(0, dtype=torch.float32)
-    out = torch.zeros(n * (t - 1), dtype=torch.float32, device=hidden.device)
-    return out.index_copy(0, index, flat).view(n, t - 1)
+    (token_logps,) = _chunked_logps(hidden, input_ids, index, lm_head, chunk_size, logit_softcap, hidden_index,
+                                    temperature, with_entropy=False)
+    return token_logps
 
 
 def naive_logps(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> Tensor:
@@ -161,19 +195,6 @@ def preference_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor, chosen_
 # -- online RL (PPO) ------------------------------------------------------------------------
 
 
-def _token_logps_entropy(
-    hidden: Tensor, targets: Tensor, lm_head: Callable[[Tensor], Tensor], softcap: float | None, temperature: float
-) -> tuple[Tensor, Tensor]:
-    logits = lm_head(hidden).float()
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    logits = logits / temperature
-    logps = torch.log_softmax(logits, dim=-1)
-    token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logps.exp() * logps).sum(-1)
-    return token_logps, entropy
-
-
 def selective_logps_entropy(
     hidden: Tensor,
     input_ids: Tensor,
@@ -182,34 +203,17 @@ def selective_logps_entropy(
     chunk_size: int = 1024,
     logit_softcap: float | None = None,
     temperature: float = 1.0,
+    hidden_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`selective_logps` at a sampling temperature, plus the entropy of each position's
-    next-token distribution, ``H_t = -sum_v p_v log p_v`` with ``p = softmax(logits / T)``.
+    """:func:`selective_logps` plus the entropy of each position's next-token distribution,
+    ``H_t = -sum_v p_v log p_v`` with ``p = softmax(logits / T)``.
 
-    Same chunking and recomputation as :func:`selective_logps`: the ``[chunk, vocab]``
-    softmax lives only inside its chunk. Returns ``(token_logps, entropy)``, each
-    ``[N, T-1]``, zero outside ``index``.
+    The same chunked loop: the ``[chunk, vocab]`` softmax lives only inside its chunk.
+    Returns ``(token_logps, entropy)``, each ``[N, T-1]``, zero outside ``index``.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    n, t, h = hidden.shape
-    flat_hidden = hidden[:, :-1].reshape(-1, h).index_select(0, index)
-    flat_targets = input_ids[:, 1:].reshape(-1).index_select(0, index)
-    logp_pieces, entropy_pieces = [], []
-    for start in range(0, flat_hidden.shape[0], chunk_size):
-        args = (flat_hidden[start : start + chunk_size], flat_targets[start : start + chunk_size], lm_head, logit_softcap, temperature)
-        if torch.is_grad_enabled() and args[0].requires_grad:
-            logps, entropy = checkpoint(_token_logps_entropy, *args, use_reentrant=False)
-        else:
-            logps, entropy = _token_logps_entropy(*args)
-        logp_pieces.append(logps)
-        entropy_pieces.append(entropy)
-    outputs = []
-    for pieces in (logp_pieces, entropy_pieces):
-        flat = torch.cat(pieces) if pieces else flat_hidden.new_zeros(0, dtype=torch.float32)
-        out = torch.zeros(n * (t - 1), dtype=torch.float32, device=hidden.device)
-        outputs.append(out.index_copy(0, index, flat).view(n, t - 1))
-    return outputs[0], outputs[1]
+    token_logps, entropy = _chunked_logps(hidden, input_ids, index, lm_head, chunk_size, logit_softcap, hidden_index,
+                                          temperature, with_entropy=True)
+    return token_logps, entropy
 
 
 def kl_estimate(logps: Tensor, reference_logps: Tensor, estimator: str = "k1") -> Tensor:
