@@ -64,6 +64,13 @@ def score(argv: list[str]) -> int:
     return score_command(argv)
 
 
+def serve_reward(argv: list[str]) -> int:
+    """Serve one reward source over HTTP (POST /score, GET /health), for RemoteReward."""
+    from lightning_rlhf.rewards.serve import serve_command
+
+    return serve_command(argv)
+
+
 def label(argv: list[str]) -> int:
     """Sample K completions per prompt, score them with a reward source, write preference pairs."""
     from lightning_rlhf.collect import label_command
@@ -96,6 +103,7 @@ COMMANDS = {
     "list-recipes": list_recipes,
     "export": export,
     "score": score,
+    "serve-reward": serve_reward,
     "label": label,
     "evaluate": evaluate,
     "pipeline": pipeline,

@@ -79,8 +79,9 @@ class RLHFCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # On by default: resumable checkpoints written atomically, RNG/plugin state, a
-        # SIGTERM checkpoint and the divergence guard (see lightning_rlhf.callbacks). A recipe
-        # that lists one of these callbacks (or a ModelCheckpoint) configures it instead.
+        # SIGTERM checkpoint, a checkpoint when the reward server stays down, and the
+        # divergence guard (see lightning_rlhf.callbacks). A recipe that lists one of these
+        # callbacks (or a ModelCheckpoint) configures it instead.
         from lightning_rlhf.callbacks import default_callbacks, default_plugins
 
         warn_if_slow_bf16(config.get("precision"), config.get("accelerator"))

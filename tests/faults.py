@@ -3,7 +3,8 @@
 ``KillAtStep`` ends the process the way a crash or a scheduler does, at a chosen
 optimizer step, from a recipe (``trainer.callbacks``, ``class_path: tests.faults.KillAtStep``),
 so the kill happens in a real ``lightning-rlhf fit`` process; run that process with
-:func:`subprocess_env` so that it finds this module.
+:func:`subprocess_env` so that it finds this module. ``KillProcessAtStep`` kills another
+process at a step instead: a reward server that goes down in the middle of a run.
 """
 
 from __future__ import annotations
@@ -43,3 +44,21 @@ def subprocess_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[1])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+class KillProcessAtStep(Callback):
+    """SIGKILL another process (a reward server) when optimizer step ``step`` has been taken:
+    the next rollout finds nobody answering. Its pid is read from ``pid_file`` at that
+    moment, so a test can start the process after writing the recipe."""
+
+    def __init__(self, step: int, pid_file: str):
+        """
+        Args:
+            step: the optimizer step after which the process is killed
+            pid_file: a file holding the process id
+        """
+        self.step, self.pid_file = step, pid_file
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(int(Path(self.pid_file).read_text()), signal.SIGKILL)

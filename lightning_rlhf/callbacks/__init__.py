@@ -3,15 +3,23 @@
 ``default_callbacks(existing)`` is what ``lightning-rlhf fit`` adds to a recipe's
 ``trainer.callbacks``: ``RunCheckpoint`` (``ModelCheckpoint`` with ``save_last`` in
 ``<default_root_dir>/checkpoints``), ``RunState`` (RNG and plugin state),
-``PreemptionCheckpoint`` (SIGTERM saves ``last.ckpt``) and ``DivergenceGuard``. A recipe
-configures one by listing it (its instance replaces the default of the same class).
+``PreemptionCheckpoint`` (SIGTERM saves ``last.ckpt``), ``OutageCheckpoint`` (a reward
+server that stays down saves ``last.ckpt`` from before the failed rollout) and
+``DivergenceGuard``. A recipe configures one by listing it (its instance replaces the
+default of the same class).
 """
 
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_rlhf.callbacks.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint, RunState
+from lightning_rlhf.callbacks.checkpointing import (
+    AtomicCheckpointIO,
+    OutageCheckpoint,
+    PreemptionCheckpoint,
+    RunCheckpoint,
+    RunState,
+)
 from lightning_rlhf.callbacks.divergence import DivergenceError, DivergenceGuard
 from lightning_rlhf.callbacks.samples import SampleCompletionsCallback
 
@@ -19,6 +27,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "DivergenceError",
     "DivergenceGuard",
+    "OutageCheckpoint",
     "PreemptionCheckpoint",
     "RunCheckpoint",
     "RunState",
@@ -31,7 +40,7 @@ __all__ = [
 def default_callbacks(existing: list[Callback], checkpointing: bool = True) -> list[Callback]:
     """The default callbacks missing from ``existing`` (matched by class; any
     ``ModelCheckpoint`` in ``existing`` stands for ``RunCheckpoint``)."""
-    defaults: list[Callback] = [RunState(), PreemptionCheckpoint(), DivergenceGuard()]
+    defaults: list[Callback] = [RunState(), PreemptionCheckpoint(), OutageCheckpoint(), DivergenceGuard()]
     if checkpointing:
         defaults.insert(0, RunCheckpoint())
     present = tuple(type(c) for c in existing)

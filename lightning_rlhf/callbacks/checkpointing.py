@@ -10,13 +10,15 @@ What a checkpoint holds (Lightning's part, then ours):
   and in ``loops.fit_loop.state_dict.combined_loader`` the data position (seed, epoch,
   batches handed out: ``data.sampler.ResumableDataLoader``);
 - ``rng_states`` (torch, CUDA, Python, NumPy): Lightning saves none, and an online
-  algorithm samples;
+  algorithm samples; ``rng_states_at_batch_start`` too in a checkpoint saved because the
+  reward server went down (``OutageCheckpoint``);
 - ``algorithm_state``: the plugin's ``state_dict()`` when it has one (e.g. an adaptive
   KL controller), given back with ``load_state_dict``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -31,6 +33,8 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_rlhf.rewards.remote import RewardServerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +212,118 @@ class PreemptionCheckpoint(Callback):
         trainer.save_checkpoint(path)
         self.saved_path = path
         log.warning("SIGTERM: saved %s; resume with --ckpt_path last (or this path)", path)
+
+
+class OutageCheckpoint(Callback):
+    """When the reward server stays down, save ``last.ckpt`` as it was before the rollout
+    that failed, so that a resumed run scores that rollout once and ends as an
+    uninterrupted run would.
+
+    The failure comes in the middle of a batch: ``RewardServerUnavailable`` from the
+    rollout inside ``training_step``, which has drawn from the RNGs and taken the batch
+    from the loader, but run no optimiser step yet (the online module scores a rollout
+    before it learns from it). The weights, optimiser, scheduler and ``global_step`` are
+    still those of the last step; what the batch has changed is cheap to put back: the
+    RNG states and the plugin's own state (kept at ``on_train_batch_start``), the
+    loader's position and the loop's counters (:func:`rewind_batch_in_flight`).
+
+    The RNG states are given back at the same point they were taken, the resumed run's
+    first ``on_train_batch_start``, not at ``on_train_start`` as ``RunState`` does: on the
+    way there Lightning may skip the validation that already ran, and creating its
+    iterator draws from the global RNG.
+    """
+
+    def __init__(self, filename: str = "last"):
+        """
+        Args:
+            filename: file name, without ``.ckpt``, in the checkpoint folder
+        """
+        self.filename = filename
+        self.saved_path: str | None = None
+        self._before_batch: dict | None = None  # global_step, rng, algorithm: as the batch in flight found them
+        self._rng_to_restore: dict | None = None
+        self._saving = False
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states_at_batch_start")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        algorithm = getattr(pl_module, "algorithm", None)
+        has_state = callable(getattr(algorithm, "state_dict", None))
+        self._before_batch = {
+            "global_step": trainer.global_step,
+            "rng": capture_rng_states(),
+            "algorithm": copy.deepcopy(algorithm.state_dict()) if has_state else None,
+        }
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._before_batch = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, RewardServerUnavailable):
+            return
+        before = self._before_batch
+        if before is None:  # between batches (validation): the last regular checkpoint is where to resume
+            return
+        if before["global_step"] != trainer.global_step:
+            log.warning("the reward server failed after an optimiser step of this batch: no checkpoint saved for it")
+            return
+        # The run ends here: put the state from before the batch back into the process and
+        # save as every checkpoint is saved (RunState reads the RNG and the plugin's state).
+        restore_rng_states(before["rng"])
+        if before["algorithm"] is not None:
+            pl_module.algorithm.load_state_dict(before["algorithm"])
+        path = os.path.join(_checkpoint_dir(trainer), f"{self.filename}.ckpt")
+        self._saving = True
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._saving = False
+        self.saved_path = path
+        exception.checkpoint, exception.step = path, trainer.global_step
+        log.error("%s", exception)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self._saving:
+            rewind_batch_in_flight(checkpoint["loops"]["fit_loop"])
+            checkpoint["rng_states_at_batch_start"] = self._before_batch["rng"]
+
+
+def rewind_batch_in_flight(fit_loop: dict) -> None:
+    """Make a fit loop's saved state (``checkpoint["loops"]["fit_loop"]``, taken while a
+    batch is in flight) the one a checkpoint at the end of the batch before holds.
+
+    That checkpoint is saved in ``on_train_batch_end``, before Lightning counts the batch
+    completed and stepped, and a resumed run counts it then. So the in-flight batch's
+    counts (``ready``, ``started``, one ahead) go back to the finished batches, and
+    ``completed`` and ``_batches_that_stepped`` one further back, for the resumed run to
+    add. At an epoch's first batch that makes the epoch's ``completed`` -1, which the
+    resume brings to 0 within the same epoch: the state of the epoch's last batch would
+    instead send Lightning through its end-of-epoch path, which runs the epoch-start
+    hooks again without counting the epoch as started. Both ``total`` and ``current``
+    change: Lightning reads how a run stopped from ``total``.
+    """
+    progress = fit_loop["epoch_loop.batch_progress"]
+    for counts in (progress["total"], progress["current"]):
+        finished = counts["completed"]
+        counts["ready"] = counts["started"] = counts["processed"] = finished
+        counts["completed"] = finished - 1
+    progress["is_last_batch"] = False  # the batch before the one in flight had one after it
+    fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+    loader_states = fit_loop["state_dict"].get("combined_loader", [])
+    fit_loop["state_dict"]["combined_loader"] = [_one_batch_back(state) for state in loader_states]
+
+
+def _one_batch_back(state: dict) -> dict:
+    """A ``ResumableDataLoader``'s position counts the batches handed out, the one in flight included."""
+    if set(state) == {"seed", "epoch", "batches"} and state["batches"] > 0:
+        return {**state, "batches": state["batches"] - 1}
+    log.warning("a training loader's position (%s) is not a ResumableDataLoader's: the resumed run starts after the "
+                "batch whose rollout failed", state)
+    return state
 
 
 def _checkpoint_dir(trainer: L.Trainer) -> str:

@@ -15,6 +15,7 @@ a directory                             an exported reward model (:class:`Reward
                                         process reward model (:class:`StepRewardSource`)
 a ``.yaml``/``.yml``/``.json`` file     a class spec as above (top level, or under ``reward:``)
 ``"package.module.function"``           a reward function (:class:`FunctionReward`)
+``"http://..."`` or ``"https://..."``   a reward server, ``lightning-rlhf serve-reward`` (:class:`RemoteReward`)
 ======================================  =============================================
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from lightning_rlhf.rewards.base import FunctionReward, RewardSource
 
-SHORTHANDS = "'gold', a reward-model directory, a .yaml/.json spec file, or package.module.function"
+SHORTHANDS = "'gold', a reward-model directory, a .yaml/.json spec file, package.module.function, or a server's http(s):// URL"
 
 
 def load_reward_source(spec: str | dict | RewardSource) -> RewardSource:
@@ -41,6 +42,10 @@ def load_reward_source(spec: str | dict | RewardSource) -> RewardSource:
         from lightning_rlhf.rewards.gold import GoldReward
 
         return GoldReward()
+    if spec.startswith(("http://", "https://")):
+        from lightning_rlhf.rewards.remote import RemoteReward
+
+        return RemoteReward(spec)
     path = Path(os.path.expanduser(spec))
     if path.is_dir() or spec.startswith("builtin:"):
         from lightning_rlhf.rewards.model import RewardModelSource
