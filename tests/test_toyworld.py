@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from lightning_rlhf.models.builtin import builtin_names
 from lightning_rlhf.toyworld import corpus
@@ -168,3 +168,26 @@ def test_tokenizer_round_trips_and_splits_cleanly_at_the_completion():
         together = tokenizer(prompt + completion)["input_ids"]
         apart = tokenizer(prompt)["input_ids"] + tokenizer(completion, add_special_tokens=False)["input_ids"]
         assert together == apart
+
+
+def test_toy_judge_is_trained_on_both_orders_and_loads_as_a_judge(worlds, tmp_path):
+    from lightning_rlhf.rewards.judge import load_judge
+    from lightning_rlhf.toyworld.judge import JudgeConfig, build_judge, gold_labelled, judge_examples, judge_text
+
+    pretrained, _ = worlds["seed0"]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained)
+    pairs = gold_labelled([("The film was", " wonderful and warm.", " dull and awful."),
+                           ("The film was", " fine.", " fine.")])  # the gold tie is left out
+    assert len(pairs) == 1
+    examples = judge_examples(tokenizer, pairs, max_length=127)
+    # each pair twice, answered with the letter of the gold winner's position
+    answers = [tokenizer.decode([t for t in labels if t != -100]) for _, labels in examples]
+    assert answers == ["A<|eos|>", "B<|eos|>"]
+    assert tokenizer.decode(examples[0][0]).startswith("<|bos|>" + judge_text("The film was", " wonderful and warm.", " dull and awful."))
+
+    record = build_judge(tmp_path / "judge", JudgeConfig(pairs=40, steps=2, batch_size=4), TINY, base=str(pretrained))
+    assert record["examples"] == 2 * record["pairs"] > 0
+    judge = load_judge(str(tmp_path / "judge"))
+    assert judge.choices == ["A", "B"] and judge.max_length == TINY.max_position_embeddings - 1
+    p = judge.probability_first_better(["The film was"], [" wonderful."], [" awful."])
+    assert 0 < float(p) < 1
