@@ -221,13 +221,15 @@ def trim_padding(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 class OnlineAlgorithm(Algorithm):
     """An algorithm that generates its own data: ``rollout`` then ``loss`` over minibatches.
 
-    Per batch of prompts the module calls :meth:`rollout` (no grad: sample, score, old and
-    reference log-probs, values), then, for every minibatch :meth:`minibatches` yields,
+    Per batch of prompts the module calls :meth:`rollout` under ``torch.no_grad`` (sample,
+    score, old and reference log-probs, values), then, for every minibatch :meth:`minibatches` yields,
     :meth:`loss` with gradient accumulation over micro-batches and one optimiser step.
     """
 
     data: ClassVar[DataKind] = "prompt"
     needs_reward: ClassVar[bool] = True
+    #: the metric (a key of the rollout's or the loss's metrics) the progress bar shows
+    progress_metric: ClassVar[str] = "objective/scores"
 
     @torch.no_grad()
     def rollout(self, ctx: Any, prompts: dict[str, Any]) -> Experience:

@@ -3,8 +3,10 @@
 For an :class:`~lightning_rlhf.algorithm.OnlineAlgorithm` the module optimises by hand
 (``automatic_optimization = False``). One training step, per batch of prompts:
 
-1. ``experience = algorithm.rollout(module, prompts)``  (no grad: sample, score, old and
-   reference log-probs, values, advantages: the plugin's mathematics);
+1. ``experience = algorithm.rollout(module, prompts)``  (under ``torch.no_grad``: sample,
+   score, old and reference log-probs, values, advantages: the plugin's mathematics; the
+   policy's, reference's and critic's forwards run in pieces of ``online.rollout_batch_size``
+   rows);
 2. for every minibatch ``algorithm.minibatches(experience)`` yields (the plugin decides
    epochs and sizes): cut it into micro-batches of ``online.micro_batch_size`` rows,
    ``manual_backward(algorithm.loss(module, micro).loss)`` for each (gradients add up:
@@ -13,7 +15,8 @@ For an :class:`~lightning_rlhf.algorithm.OnlineAlgorithm` the module optimises b
 
 ``trainer.global_step`` therefore counts optimiser steps, ``updates_per_rollout`` per
 batch of prompts. The module also times generation against the whole step and logs
-``train/time/generation_share`` and ``train/time/rollout_tokens_per_second``.
+``train/time/generation_share`` and ``train/time/rollout_tokens_per_second``; the progress
+bar shows the metric the plugin names in ``progress_metric``.
 
 What the module lends an online plugin, beside ``policy_logps``/``reference_logps``
 (both take ``temperature``; ``policy_logps`` also ``entropy=True``):
@@ -31,9 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Experience, trim_padding
+from lightning_rlhf.algorithm import Experience, SequenceLogps, trim_padding
 from lightning_rlhf.models.critic import CriticSettings, ValueHead, head_values, load_value_model, value_model_values
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.engine import HFEngine, SamplingSettings
@@ -50,6 +54,10 @@ class OnlineSettings:
     """rows per forward/backward inside a minibatch (gradient accumulation); None: the whole minibatch"""
     generation_batch_size: int = 64
     """prompts decoded together during a rollout"""
+    rollout_batch_size: int | None = None
+    """rows per forward without grad during a rollout (the policy's, the reference's and the
+    critic's log-probs and values, each piece trimmed of its own padding); None:
+    ``micro_batch_size``, and the whole rollout when that is None too"""
     max_grad_norm: float | None = 1.0
     """clip the global gradient norm (policy and critic together) before each step; None: no clipping"""
     sample_table_every_n_steps: int = 10
@@ -57,8 +65,14 @@ class OnlineSettings:
     sample_table_rows: int = 8
 
     def __post_init__(self) -> None:
-        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
-            raise ValueError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
+        for name in ("micro_batch_size", "rollout_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"online.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def rollout_rows(self) -> int | None:
+        """Rows per rollout forward (``rollout_batch_size``, else ``micro_batch_size``); None: all."""
+        return self.rollout_batch_size or self.micro_batch_size
 
 
 def reward_spec(reward) -> dict | None:
@@ -161,10 +175,17 @@ class OnlineMixin:
     def values(self, batch: dict[str, Tensor]) -> Tensor:
         """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad when enabled)."""
         if self.value_model is not None:
-            return value_model_values(self.value_model, batch)
+            return self.rollout_forward(lambda piece: value_model_values(self.value_model, piece), batch)
         if self.value_head is not None:
-            return head_values(self.policy, self.value_head, batch)
+            return self.rollout_forward(lambda piece: head_values(self.policy, self.value_head, piece), batch)
         raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_value = False: no critic was built")
+
+    def rollout_forward(self, forward: Callable[[dict[str, Tensor]], RowResult], batch: dict[str, Tensor]) -> RowResult:
+        """``forward(batch)``; without grad in an online module (a rollout's scoring), in pieces
+        of ``online.rollout_rows`` rows: the whole rollout in one forward is the peak of a
+        rollout's memory on a real checkpoint. With grad the loop's micro-batches bound it."""
+        size = self.online_settings.rollout_rows if self.is_online and not torch.is_grad_enabled() else None
+        return in_row_pieces(forward, batch, size)
 
     # -- the loop ---------------------------------------------------------------------------
     def configure_online_optimizers(self):
@@ -187,7 +208,8 @@ class OnlineMixin:
     def online_training_step(self, batch: dict, batch_idx: int) -> None:
         step_start = time.perf_counter()
         self._generation_seconds, self._generated_tokens = 0.0, 0
-        experience = self.algorithm.rollout(self, batch)
+        with torch.no_grad():  # the engine's promise, whether or not a plugin decorates its rollout
+            experience = self.algorithm.rollout(self, batch)
         rollout_seconds = time.perf_counter() - step_start
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
@@ -221,8 +243,10 @@ class OnlineMixin:
         metrics["train/time/rollout_share"] = torch.tensor(rollout_seconds / step_seconds)
         metrics["train/time/rollout_tokens_per_second"] = torch.tensor(self._generated_tokens / max(self._generation_seconds, 1e-9))
         metrics["train/time/step_seconds"] = torch.tensor(step_seconds)
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32).detach() for k, v in metrics.items()}, batch_size=n)
-        self.log("train/scores", experience.metrics.get("objective/scores", torch.tensor(0.0)), prog_bar=True, batch_size=n, logger=False)
+        # The progress bar shows the metric the plugin names (this module knows no plugin's metrics).
+        progress = f"train/{self.algorithm.progress_metric}"
+        for key, value in metrics.items():
+            self.log(key, torch.as_tensor(value, dtype=torch.float32).detach(), prog_bar=key == progress, batch_size=n)
         self._maybe_log_samples(experience)
 
     def _zero_through_parameters(self) -> Tensor:
@@ -266,6 +290,37 @@ class OnlineMixin:
         columns, rows = self.algorithm.sample_table(experience, self.online_settings.sample_table_rows)
         for logger in loggers:
             logger.log_table(key="train/samples", columns=columns, data=rows)
+
+
+RowResult = SequenceLogps | Tensor
+
+
+def in_row_pieces(forward: Callable[[dict[str, Tensor]], RowResult], batch: dict[str, Tensor], size: int | None) -> RowResult:
+    """``forward`` (a batch to its ``SequenceLogps`` or ``[N, T-1]`` tensor) run on pieces of
+    at most ``size`` rows, each trimmed of the padding past its own longest row, stitched
+    back in row order and padded with 0 to the batch's width. A right-padded row's tokens
+    never see the padding after them, so each row's result where its mask is 1 is the one
+    the whole batch gives; past a piece's width it is 0 (where the mask is 0 anyway)."""
+    n = batch["input_ids"].shape[0]
+    if size is None or size >= n:
+        return forward(batch)
+    parts = [forward(_row_piece(batch, start, min(start + size, n))) for start in range(0, n, size)]
+    width = batch["input_ids"].shape[1] - 1
+    if isinstance(parts[0], SequenceLogps):
+        entropy = _stitch([part.entropy for part in parts], width) if parts[0].entropy is not None else None
+        return SequenceLogps(_stitch([part.token_logps for part in parts], width), batch["completion_mask"][:, 1:], entropy)
+    return _stitch(parts, width)
+
+
+def _row_piece(batch: dict[str, Tensor], start: int, end: int) -> dict[str, Tensor]:
+    n = batch["input_ids"].shape[0]
+    piece = {key: value[start:end] if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == n else value
+             for key, value in batch.items() if key != "logp_index"}  # a flat index over all rows: recomputed
+    return trim_padding(piece)
+
+
+def _stitch(parts: list[Tensor], width: int) -> Tensor:
+    return torch.cat([F.pad(part, (0, width - part.shape[1])) for part in parts])
 
 
 def split_micro_batches(minibatch: dict[str, Tensor], size: int | None):

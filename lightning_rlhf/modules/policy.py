@@ -197,7 +197,7 @@ class PolicyModule(OnlineMixin, L.LightningModule):
     def policy_logps(self, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
         """``temperature``: score under ``softmax(logits / T)``, the distribution sampled from;
         ``entropy``: also each position's entropy (chunked, no ``[N, T, V]`` kept)."""
-        return self._logps(self.policy, batch, temperature, entropy)
+        return self.rollout_forward(lambda piece: self._logps(self.policy, piece, temperature, entropy), batch)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor], temperature: float = 1.0) -> SequenceLogps:
@@ -208,6 +208,9 @@ class PolicyModule(OnlineMixin, L.LightningModule):
             return SequenceLogps(cached, batch["completion_mask"][:, 1:])
         if self.reference_model is None and not self.uses_adapter_reference:
             self.reference_model = self._reload_reference()  # released after caching; needed again
+        return self.rollout_forward(lambda piece: self._reference_forward(piece, temperature), batch)
+
+    def _reference_forward(self, batch: dict[str, Tensor], temperature: float) -> SequenceLogps:
         if self.reference_model is not None:
             return self._logps(self.reference_model, batch, temperature)
         with self.policy.disable_adapter():
