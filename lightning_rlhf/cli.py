@@ -16,11 +16,14 @@ from collections.abc import Callable
 from lightning_rlhf import registry
 from lightning_rlhf.callbacks.divergence import DivergenceError
 from lightning_rlhf.data.errors import DataError
+from lightning_rlhf.rewards.remote import RewardServerUnavailable
 from lightning_rlhf.training_cli import RLHFCLI
 
-
 # Errors with a message meant for the user: printed as one line by main().
-USER_ERRORS = (DataError, FileNotFoundError, registry.UnknownAlgorithmError, ValueError, DivergenceError)
+USER_ERRORS = (DataError, FileNotFoundError, registry.UnknownAlgorithmError, ValueError, DivergenceError,
+               RewardServerUnavailable)
+# A run that stopped on its own (a divergence, a reward server down) exits 1; a usage error 2.
+RUN_STOPPED = (DivergenceError, RewardServerUnavailable)
 
 
 def _extra_commands() -> dict[str, Callable[[list[str]], int]]:
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
-        return 1 if isinstance(e, DivergenceError) else 2
+        return 1 if isinstance(e, RUN_STOPPED) else 2
 
 
 def one_line(error: BaseException) -> str:

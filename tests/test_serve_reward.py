@@ -233,3 +233,15 @@ def test_a_run_whose_reward_server_dies_saves_and_resumes_to_the_uninterrupted_r
     expected = policy_weights(whole)
     for name, value in policy_weights(resumed).items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_command_prints_an_outage_as_one_line_and_exits_1(monkeypatch, capsys):
+    import lightning_rlhf.cli as cli
+
+    def outage(argv):
+        raise RewardServerUnavailable("http://127.0.0.1:9/", 3, "URLError: refused")
+
+    monkeypatch.setattr(cli, "_run", outage)
+    assert cli.main(["fit", "--config", "recipe.yaml"]) == 1
+    assert capsys.readouterr().err == ("error: the reward server at http://127.0.0.1:9/ did not answer after 3 tries (last error: "
+                                       "URLError: refused); start the server again and resume with --ckpt_path last\n")

@@ -11,8 +11,9 @@ In a recipe, a reward source is a typed class spec that jsonargparse builds and 
 
 ======================================  =============================================
 ``"gold"``                              the toy world's gold reward (:class:`GoldReward`)
-a directory                             an exported reward model (:class:`RewardModelSource`), or
-                                        process reward model (:class:`StepRewardSource`)
+a directory                             an exported reward model (:class:`RewardModelSource`),
+                                        process reward model (:class:`StepRewardSource`), or
+                                        pointwise judge with a ``judge.json`` (:class:`JudgeReward`)
 a ``.yaml``/``.yml``/``.json`` file     a class spec as above (top level, or under ``reward:``)
 ``"package.module.function"``           a reward function (:class:`FunctionReward`)
 ``"http://..."`` or ``"https://..."``   a reward server, ``lightning-rlhf serve-reward`` (:class:`RemoteReward`)
@@ -53,6 +54,14 @@ def load_reward_source(spec: str | dict | RewardSource) -> RewardSource:
 
         if is_process_reward_model(str(path)):  # its defaults: the weakest step, steps on lines
             return StepRewardSource(spec)
+        judge = _judge_kind(spec)
+        if judge == "pointwise":
+            from lightning_rlhf.rewards.judge import JudgeReward
+
+            return JudgeReward(spec)
+        if judge:
+            raise ValueError(f"{spec} holds a {judge} judge: it compares two answers and gives none a score of its own; "
+                             "use it with `label --judge` or `evaluate --judge`")
 
         return RewardModelSource(spec)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
@@ -63,6 +72,12 @@ def load_reward_source(spec: str | dict | RewardSource) -> RewardSource:
     if "." in spec and not looks_like_path:
         return FunctionReward(spec)
     raise ValueError(f"cannot make a reward source of {spec!r}: expected {SHORTHANDS}")
+
+
+def _judge_kind(spec: str) -> str | None:
+    from lightning_rlhf.rewards.judge import read_judge_file
+
+    return read_judge_file(spec).get("kind")
 
 
 def _read_spec_file(path: Path) -> dict:
