@@ -6,40 +6,97 @@ Its own module so that the pipeline's fit stage can run it without importing the
 
 from __future__ import annotations
 
+import re
+import sys
+from typing import Any
+
 import lightning as L
+import yaml
+from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lightning_rlhf import registry
-from lightning_rlhf.algorithm import Algorithm
 from lightning_rlhf.cpu import warn_if_slow_bf16
 
 
-def _patch_algorithm_names() -> None:
-    """Let a recipe name a plugin by its registered name (``class_path: dpo``).
+# Recipes name a plugin by its registered name (``class_path: dpo``, ``--model.algorithm
+# dpo``). jsonargparse resolves a dot-free ``class_path`` against class names only, so
+# RLHFCLI hands it import paths: recipe files and YAML values are read through a loader
+# that resolves the names in them, and the command line's algorithm overrides are
+# resolved before parsing.
+PARSER_MODE = "yaml+plugin_names"
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
 
-    jsonargparse resolves a dot-free ``class_path`` against the *class* names of loaded
-    subclasses; this teaches that one lookup the registry's names, and makes an unknown
-    name an error that lists the valid ones.
+
+def resolve_plugin_names(value: Any, key: str = "") -> Any:
+    """``value`` (loaded YAML found at recipe key ``key``) with every plugin name given as an
+    algorithm's ``class_path`` replaced by the registered class's import path.
+
+    A value loaded without its key (``--model.algorithm '{class_path: dpo}'``) is an
+    algorithm when its ``class_path`` is a registered name.
     """
-    from jsonargparse import _typehints
+    if isinstance(value, dict):
+        value = {k: resolve_plugin_names(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        class_path = value.get("class_path")
+        if isinstance(class_path, str) and (_is_algorithm_key(key) or (not key and class_path in registry.list_algorithms())):
+            value["class_path"] = algorithm_class_path(class_path, key or "algorithm")
+        return value
+    if isinstance(value, str) and _is_algorithm_key(key):
+        return algorithm_class_path(value, key)
+    return value
 
-    original = _typehints.resolve_class_path_by_name
-    if getattr(original, "_lightning_rlhf", False):
-        return
 
-    def resolve(cls, name: str) -> str:
-        if isinstance(cls, type) and issubclass(cls, Algorithm) and "." not in name:
-            algorithms = registry.list_algorithms()
-            if name in algorithms:
-                return registry.class_path(name)
-            if not any(name == c.__name__ for c in algorithms.values()):
-                raise registry.UnknownAlgorithmError(
-                    f"unknown algorithm {name!r}; registered algorithms are: {', '.join(algorithms)}"
-                )
-        return original(cls, name)
+def algorithm_class_path(name: str, key: str) -> str:
+    """The import path for an algorithm named ``name`` at recipe key ``key``: a registered
+    name's class, anything else unchanged (an import path, a class name jsonargparse
+    resolves); a dot-free name that is neither is an error listing the registered names."""
+    algorithms = registry.list_algorithms()
+    if name in algorithms:
+        return registry.class_path(name)
+    if "." not in name and not any(name == cls.__name__ for cls in algorithms.values()):
+        key = key.replace(".init_args.", ".")
+        raise registry.UnknownAlgorithmError(
+            f"{key}: unknown algorithm {name!r}; registered algorithms are: {', '.join(algorithms)}"
+        )
+    return name
 
-    resolve._lightning_rlhf = True
-    _typehints.resolve_class_path_by_name = resolve
+
+def _is_algorithm_key(key: str) -> bool:
+    return key == "algorithm" or key.endswith(".algorithm")
+
+
+def _is_name(value: str) -> bool:
+    """A plugin name or import path, not a file, YAML or a YAML keyword such as ``null``."""
+    if not _IDENTIFIER.fullmatch(value) or value.endswith((".yaml", ".yml", ".json")):
+        return False
+    return isinstance(yaml.safe_load(value), str)
+
+
+def _load_yaml_resolving_plugin_names(text: str) -> Any:
+    return resolve_plugin_names(get_loader("yaml")(text))
+
+
+set_loader(PARSER_MODE, _load_yaml_resolving_plugin_names, (yaml.YAMLError,))
+
+
+def _resolve_command_line(args: list[str]) -> list[str]:
+    """``--model.algorithm dpo``, ``--model.init_args.algorithm=dpo`` and ``...algorithm.class_path
+    dpo`` with the import path in place of the plugin name (a YAML value there goes through
+    the loader)."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if not arg.startswith("--"):
+            continue
+        option, equals, value = arg.partition("=")
+        key = option[2:].removesuffix(".class_path").removesuffix(".help")
+        if not _is_algorithm_key(key):
+            continue
+        if equals:
+            if _is_name(value):
+                resolved[i] = f"{option}={algorithm_class_path(value, key)}"
+        elif i + 1 < len(resolved) and _is_name(resolved[i + 1]):
+            resolved[i + 1] = algorithm_class_path(resolved[i + 1], key)
+    return resolved
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -55,7 +112,6 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 class RLHFCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, exit_on_error: bool = True):
-        _patch_algorithm_names()
         registry.load_entry_points()
         super().__init__(
             model_class=L.LightningModule,
@@ -64,11 +120,25 @@ class RLHFCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "yaml", "exit_on_error": exit_on_error},
+            parser_kwargs={"parser_mode": PARSER_MODE, "exit_on_error": exit_on_error},
             seed_everything_default=0,
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        # Plugin names on the command line (or in a dict of arguments) become import paths
+        # here; those in recipe files and YAML values, in the loader (PARSER_MODE).
+        try:
+            if isinstance(args, (dict, Namespace)):
+                args = resolve_plugin_names(args.as_dict() if isinstance(args, Namespace) else dict(args))
+            elif args is not None:
+                args = _resolve_command_line(args)
+            elif (resolved := _resolve_command_line(sys.argv[1:])) != sys.argv[1:]:
+                args = resolved  # (passed on only when it differs: Lightning warns about args and sys.argv both)
+            super().parse_arguments(parser, args)
+        except registry.UnknownAlgorithmError as error:  # from the command line or the loader
+            parser.error(str(error))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would merge the checkpoint's hyper_parameters into the recipe when

@@ -6,7 +6,7 @@ import yaml
 
 from lightning_rlhf import Algorithm, LossOutput, register_algorithm, registry
 from lightning_rlhf.cli import main
-from lightning_rlhf.training_cli import RLHFCLI
+from lightning_rlhf.training_cli import RLHFCLI, resolve_plugin_names
 
 PLUGIN_SOURCE = textwrap.dedent(
     '''
@@ -156,3 +156,25 @@ def test_the_short_override_form_reaches_the_plugin(capsys):
     assert exit_.value.code == 0
     algorithm = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["algorithm"]
     assert algorithm["init_args"]["beta"] == 0.27
+
+
+def test_plugin_names_become_import_paths_before_parsing():
+    """A recipe's ``class_path: dpo`` (at an algorithm key, or a loaded algorithm spec) is
+    handed to jsonargparse as the import path; other class paths are left alone."""
+    dpo = registry.class_path("dpo")
+    recipe = {"model": {"init_args": {"algorithm": {"class_path": "dpo"}}}, "trainer": {"callbacks": [{"class_path": "dpo"}]}}
+    assert resolve_plugin_names(recipe) == {"model": {"init_args": {"algorithm": {"class_path": dpo}}},
+                                            "trainer": {"callbacks": [{"class_path": "dpo"}]}}
+    assert resolve_plugin_names({"class_path": "dpo", "init_args": {"beta": 0.2}}) == {"class_path": dpo, "init_args": {"beta": 0.2}}
+    assert resolve_plugin_names({"model": {"algorithm": "DPO"}}) == {"model": {"algorithm": "DPO"}}  # jsonargparse's own
+    with pytest.raises(registry.UnknownAlgorithmError, match="model.algorithm: unknown algorithm 'dpoo'; registered algorithms are: .*dpo"):
+        resolve_plugin_names({"model": {"init_args": {"algorithm": {"class_path": "dpoo"}}}})
+
+
+@pytest.mark.parametrize("override", [["--model.algorithm=ipo"], ["--model.init_args.algorithm", "ipo"],
+                                      ["--model.algorithm.class_path", "ipo"]])
+def test_a_plugin_name_on_the_command_line(capsys, override):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "recipes/dpo/tiny.yaml", *override, "--print_config"])
+    assert exit_.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["algorithm"]["class_path"] == registry.class_path("ipo")
