@@ -85,7 +85,7 @@ class PPO(OnlineAlgorithm):
     Ziegler et al.'s adaptive controller (``kl_target``).
     """
 
-    needs_reference = True
+    needs_reference = True  # the default kl_coef > 0 (an instance with no KL penalty loads none)
     needs_value = True
 
     def __init__(
@@ -114,7 +114,8 @@ class PPO(OnlineAlgorithm):
     ):
         """
         Args:
-            kl_coef: beta, the weight of the per-token KL penalty (the starting value when adaptive)
+            kl_coef: beta, the weight of the per-token KL penalty (the starting value when
+                adaptive); 0 without ``kl_target`` loads no reference model (and logs no KL)
             kl_estimator: k1 (``log pi - log pi_ref``) or k3 (``(r - 1) - log r``, ``r = pi_ref / pi``), or k2
             kl_target: adapt beta toward this KL per sequence (Ziegler et al.); None: fixed beta
             kl_horizon: the adaptive controller's horizon, in samples
@@ -165,6 +166,8 @@ class PPO(OnlineAlgorithm):
             AdaptiveKLController(kl_coef, kl_target, kl_horizon) if kl_target is not None else KLController(kl_coef)
         )
         self.score_moments = RunningMoments()
+        # A fixed beta of 0 weighs the KL by nothing: no reference is loaded or run.
+        self.needs_reference = kl_coef > 0 or kl_target is not None
         self._rollout_samples = 0  # rows of the last rollout over every process, for the KL controller
 
     # -- rollout ------------------------------------------------------------------------------
@@ -186,10 +189,13 @@ class PPO(OnlineAlgorithm):
         # Statistics of the whole rollout, over every process of a data-parallel run.
         across = getattr(ctx, "sum_over_processes", None)
         old = ctx.policy_logps(batch, temperature=self.temperature, entropy=True)
-        reference = ctx.reference_logps(batch, temperature=self.temperature)
         values = ctx.values(batch)
         mask = old.mask
-        kl = kl_estimate(old.token_logps, reference.token_logps, self.kl_estimator) * mask  # [N, T-1]
+        if self.needs_reference:
+            reference = ctx.reference_logps(batch, temperature=self.temperature)
+            kl = kl_estimate(old.token_logps, reference.token_logps, self.kl_estimator) * mask  # [N, T-1]
+        else:
+            kl = torch.zeros_like(old.token_logps)  # beta 0: the reward has no KL term to measure
         beta = self.kl_controller.beta
 
         shaped = self._shape_scores(scores, update=getattr(ctx, "training", True), sum_over_processes=across)
@@ -223,7 +229,6 @@ class PPO(OnlineAlgorithm):
         del tensors["logp_index"]
         lengths = sampled.lengths.float()
         metrics = {
-            "objective/kl": mean_kl,  # the whole rollout's, the adaptive controller's input
             "objective/kl_coef": torch.tensor(beta),
             "objective/entropy": masked_mean(old.entropy, mask),
             "objective/scores": raw_scores.mean(),
@@ -233,6 +238,8 @@ class PPO(OnlineAlgorithm):
             "objective/values": masked_mean(values, mask),
             "response_length": lengths.mean(),
         }
+        if self.needs_reference:
+            metrics["objective/kl"] = mean_kl  # the whole rollout's, the adaptive controller's input
         return Experience(tensors, list(prompts["prompts"]), sampled.completions, scores, {k: v.detach().float() for k, v in metrics.items()})
 
     def _shape_scores(self, scores: torch.Tensor, update: bool = True, sum_over_processes: SumOverProcesses | None = None) -> torch.Tensor:
@@ -281,7 +288,8 @@ class PPO(OnlineAlgorithm):
 
     def after_updates(self, experience: Experience) -> None:
         # Ziegler et al. update beta once per batch with the batch's KL (per sequence).
-        self.kl_controller.update(float(experience.metrics["objective/kl"]), self._rollout_samples)
+        if self.needs_reference:
+            self.kl_controller.update(float(experience.metrics["objective/kl"]), self._rollout_samples)
 
     def state_dict(self) -> dict:
         return {"kl_controller": self.kl_controller.state_dict(), "score_moments": vars(self.score_moments).copy()}

@@ -147,8 +147,24 @@ def test_ppo_raises_a_hand_written_reward(tmp_path, one_thread):
     after = mean_letter_e(module, data, path)
     assert before < 0.5 and after > before + 1.0, (before, after)
     logged = trainer.callback_metrics
-    for key in ("train/objective/kl", "train/objective/scores", "train/loss/value", "train/policy/clipfrac",
+    for key in ("train/objective/scores", "train/loss/value", "train/policy/clipfrac",
                 "train/policy/approxkl", "train/response_length", "train/time/generation_share",
                 "train/time/rollout_tokens_per_second"):
         assert key in logged, key
+    assert "train/objective/kl" not in logged  # kl_coef 0: no reference, no KL measured
     assert 0 < float(logged["train/time/generation_share"]) < 1
+
+
+def test_no_kl_penalty_loads_no_reference_and_still_trains(tmp_path, one_thread):
+    """A fixed kl_coef of 0 weighs the KL by nothing: the module loads no reference model
+    and the rollout runs none; an adaptive beta (kl_target) still needs one."""
+    assert create_algorithm("ppo").needs_reference and create_algorithm("ppo", kl_coef=0.0, kl_target=1.0).needs_reference
+    L.seed_everything(0)
+    module = ppo_module(kl_coef=0.0, ppo_epochs=1, minibatch_size=4, max_new_tokens=4)
+    data = PromptDataModule(path=str(write_prompts(tmp_path, count=4)), batch_size=4, max_length=32)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    assert not module.algorithm.needs_reference and module.reference_model is None
+    assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert "train/objective/kl" not in trainer.callback_metrics
