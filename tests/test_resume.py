@@ -45,8 +45,11 @@ KINDS = {
     # refill prompts, and a resumed run must draw the same ones
     "dapo": ("grpo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"num_generations": 2, "loss_type": "dapo", "max_new_tokens": 8}),
     "rloo": ("rloo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"num_generations": 2, "beta": 0.05, "max_new_tokens": 8}),
+    # a pair of samples per prompt, ranked by the reward (tied pairs left out), DPO against
+    # the reference's log-probs taken in the rollout; one step per rollout
+    "online_dpo": ("online_dpo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"beta": 0.1, "max_new_tokens": 8}),
 }
-ONLINE = ("ppo", "grpo", "reinforce_pp", "dapo", "rloo")
+ONLINE = ("ppo", "grpo", "reinforce_pp", "dapo", "rloo", "online_dpo")
 REWARD = {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}}
 
 
