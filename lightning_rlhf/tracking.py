@@ -1,8 +1,9 @@
 """Tracking runs in W&B: the metric names every module logs, and a reader for offline runs.
 
 Metric names. A metric that means the same thing has the same name whatever the plugin,
-so runs of different objectives sit on one chart. The module prefixes ``train/`` or
-``val/``; the plugin returns the rest (see ``METRICS``).
+so runs of different objectives sit on one chart (TRL's names: ``rewards/chosen``,
+``logps/chosen``, ``objective/kl``; :func:`lightning_rlhf.ops.preference_metrics` writes the
+pairwise ones). The module prefixes ``train/`` or ``val/``; the plugin returns the rest.
 
 Offline runs. ``WANDB_MODE=offline`` (or ``offline: true`` on the logger) writes the run
 to ``<save_dir>/wandb/offline-run-*/run-<id>.wandb``, uploaded later with ``wandb sync``.
@@ -20,24 +21,6 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-# name (after train/ or val/) -> meaning; plugins use these names where the meaning fits
-METRICS: dict[str, str] = {
-    "loss": "the objective being minimised (every plugin; logged by the module)",
-    "rewards/chosen": "implicit reward of the chosen answers, beta * (log pi - log pi_ref) (DPO family, KTO) "
-                      "or the reward model's score (reward stage)",
-    "rewards/rejected": "the same for the rejected answers",
-    "rewards/margins": "mean of rewards/chosen - rewards/rejected over pairs",
-    "rewards/accuracies": "share of pairs with rewards/chosen > rewards/rejected",
-    "logps/chosen": "policy log-probability of the chosen answers (summed or length-averaged, as the loss uses it)",
-    "logps/rejected": "the same for the rejected answers",
-    "nll": "mean next-token negative log-likelihood of target tokens (SFT, ORPO's SFT term)",
-    "objective/kl": "estimated KL(policy || reference) per sequence (PPO; TRL's names for the online metrics)",
-    "objective/scores": "reward-source scores of the sampled completions (PPO)",
-    "objective/rlhf_reward": "score minus the KL penalty (PPO)",
-    "loss/policy": "clipped policy-gradient loss (PPO)",
-    "loss/value": "value-function loss (PPO)",
-}
 
 _BLOCK = 32768
 _HEADER = struct.Struct("<4sHB")  # ":W&B", magic 0xBEE1, version
