@@ -1,4 +1,5 @@
-"""A ctx that returns log-probs chosen by hand, so a loss can be checked against arithmetic."""
+"""The tests' one fake plugin context: a ctx that returns log-probs chosen by hand, so a loss
+can be checked against arithmetic."""
 
 from __future__ import annotations
 
