@@ -222,8 +222,9 @@ class OnlineAlgorithm(Algorithm):
     """An algorithm that generates its own data: ``rollout`` then ``loss`` over minibatches.
 
     Per batch of prompts the module calls :meth:`rollout` under ``torch.no_grad`` (sample,
-    score, old and reference log-probs, values), then, for every minibatch :meth:`minibatches` yields,
-    :meth:`loss` with gradient accumulation over micro-batches and one optimiser step.
+    score, old and reference log-probs, values), then, for every minibatch
+    :meth:`minibatches` yields, :meth:`loss` with gradient accumulation over micro-batches
+    and one optimiser step.
     """
 
     data: ClassVar[DataKind] = "prompt"
