@@ -77,7 +77,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
-    print(f"\nwrote {out} and {figure(result, evaluations, args.figure)}")
+    print(f"\nwrote {out} and {figure(result, args.figure)}")
 
 
 def table(result: dict) -> str:
@@ -98,15 +98,16 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def figure(result: dict, evaluations: dict, path: str) -> Path:
+def figure(result: dict, path: str) -> Path:
     from lightning_rlhf.plots import Point, reward_vs_kl
 
-    points = [Point(label, f["kl"]["mean"], f["policy_mean_reward"]["mean"], f["kl"]["half_width"], f["policy_mean_reward"]["half_width"])
+    points = [Point(label, f["kl"]["mean"], f["policy_mean_reward"]["mean"], f["kl"]["half_width"], f["policy_mean_reward"]["half_width"],
+                    seeds=tuple(zip(f["kl"]["values"], f["policy_mean_reward"]["values"])))
               for label, f in result["evaluations"].items()]
     sft = next(iter(result["evaluations"].values()))["reference_mean_reward"]
     agreement = result["held_out_agreement"]
-    note = (f"{len(result['seeds'])} seeds (toy worlds), 200 held-out prompts; bars: 95% intervals; judge-gold agreement on held-out "
-            f"pairs {agreement['mean']:.1%} ± {agreement['half_width']:.1%}; CPU kernel path: {result['cpu_capability']}")
+    note = (f"{len(result['seeds'])} toy worlds (x: each), 200 held-out prompts, bars: 95% intervals; judge-gold agreement "
+            f"{agreement['mean']:.1%} ± {agreement['half_width']:.1%}; CPU kernel path: {result['cpu_capability']}")
     return reward_vs_kl(points, path, "DPO on the toy judge's labels and on gold labels (same samples)", note=note,
                         baseline=Point("SFT", 0.0, sft["mean"], 0.0, sft["half_width"]), legend="lower right")
 

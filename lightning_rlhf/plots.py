@@ -27,6 +27,9 @@ class Point:
     reward: float
     kl_err: float = 0.0
     reward_err: float = 0.0
+    seeds: tuple[tuple[float, float], ...] = ()
+    """each seed's own (kl, reward), drawn faintly beside the mean: three seeds' interval
+    can reach below 0 nats where no seed does"""
 
 
 def reward_vs_kl(
@@ -60,6 +63,8 @@ def reward_vs_kl(
     for i, point in enumerate(points):
         ax.errorbar(point.kl, point.reward, xerr=point.kl_err, yerr=point.reward_err, fmt="o", capsize=3,
                     color=colors(i % 10), label=point.label)
+        if point.seeds:
+            ax.scatter([kl for kl, _ in point.seeds], [r for _, r in point.seeds], s=14, marker="x", color=colors(i % 10), alpha=0.6)
     ax.set_xlabel("KL to the SFT policy (nats per completion)")
     ax.set_ylabel(ylabel)
     if percent:
