@@ -92,7 +92,8 @@ def test_label_and_evaluate_need_a_reward(tmp_path, capsys):
     """No default: `gold` scores the toy world's sentiment, which says nothing of a real model."""
     from lightning_rlhf.cli import main
 
-    for command in (["label", "--output", "o.jsonl"], ["evaluate", "--reference", "builtin:tiny-llama"]):
+    for command, message in ((["label", "--output", "o.jsonl"], "one of the arguments --reward --judge is required"),
+                             (["evaluate", "--reference", "builtin:tiny-llama"], "the following arguments are required: --reward")):
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--policy", "builtin:tiny-llama", "--prompts", "p.jsonl"])
-        assert exit_.value.code == 2 and "the following arguments are required: --reward" in capsys.readouterr().err
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
