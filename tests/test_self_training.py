@@ -213,7 +213,7 @@ def test_rejection_sampling_killed_mid_round_resumes_on_the_same_rows(tmp_path, 
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
 
 
-    # A checkpoint without the phase state (saved without RunState) is refused, not resampled.
+    # A checkpoint without the phase state is refused, not resampled.
     del checkpoint["algorithm_state"]
     torch.save(checkpoint, tmp_path / "stateless.ckpt")
     recipe = str(tiny_recipe(tmp_path, algorithm, 2, "stateless", batch_size=6))

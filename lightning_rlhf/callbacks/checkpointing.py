@@ -13,7 +13,9 @@ What a checkpoint holds (Lightning's part, then ours):
   algorithm samples; ``rng_states_at_batch_start`` too in a checkpoint saved because the
   reward server went down (``OutageCheckpoint``);
 - ``algorithm_state``: the plugin's ``state_dict()`` when it has one (e.g. an adaptive
-  KL controller), given back with ``load_state_dict``.
+  KL controller), given back with ``load_state_dict``; written and read by the module
+  (``PolicyModule.on_save_checkpoint``), so a checkpoint loaded without these callbacks
+  has it too.
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class RunState(Callback):
-    """Saves and restores what Lightning's checkpoint leaves out: RNG states and the
-    algorithm plugin's own state (``state_dict()``/``load_state_dict()``, if it has them).
+    """Saves and restores what Lightning's checkpoint leaves out: the RNG states (the
+    module saves its plugin's own state).
 
     RNG states are put back at ``on_train_start``, the moment the uninterrupted run was at
     when it saved: after the data loader's iterator exists (the training loader draws its
@@ -117,19 +119,9 @@ class RunState(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["rng_states"] = capture_rng_states()
-        algorithm = getattr(pl_module, "algorithm", None)
-        if callable(getattr(algorithm, "state_dict", None)):
-            checkpoint["algorithm_state"] = algorithm.state_dict()
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
-        algorithm = getattr(pl_module, "algorithm", None)
-        if "algorithm_state" in checkpoint:
-            if not callable(getattr(algorithm, "load_state_dict", None)):
-                raise ValueError(
-                    f"the checkpoint holds state for the algorithm, but {type(algorithm).__name__} has no load_state_dict()"
-                )
-            algorithm.load_state_dict(checkpoint["algorithm_state"])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         restore_data_position(trainer)
@@ -272,7 +264,7 @@ class OutageCheckpoint(Callback):
             log.warning("the reward server failed after an optimiser step of this batch: no checkpoint saved for it")
             return
         # The run ends here: put the state from before the batch back into the process and
-        # save as every checkpoint is saved (RunState reads the RNG and the plugin's state).
+        # save as every checkpoint is saved (RunState reads the RNG, the module its plugin's state).
         restore_rng_states(before["rng"])
         if before["algorithm"] is not None:
             pl_module.algorithm.load_state_dict(before["algorithm"])

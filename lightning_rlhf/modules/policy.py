@@ -329,13 +329,16 @@ class PolicyModule(OnlineMixin, L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
             del state[key]
-        if self.is_online:  # e.g. PPO's adaptive KL coefficient
+        if callable(getattr(self.algorithm, "state_dict", None)):  # PPO's adaptive KL coefficient, a self-training phase
             checkpoint["algorithm_state"] = self.algorithm.state_dict()
         if self.reference_cache is not None:  # a resumed run reuses it instead of recomputing
             checkpoint["reference_cache"] = self.reference_cache.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.is_online and "algorithm_state" in checkpoint:
+        if "algorithm_state" in checkpoint:
+            if not callable(getattr(self.algorithm, "load_state_dict", None)):
+                raise ValueError(f"the checkpoint holds state for the algorithm, but {type(self.algorithm).__name__} "
+                                 "has no load_state_dict()")
             self.algorithm.load_state_dict(checkpoint["algorithm_state"])
         if "reference_cache" in checkpoint:
             self.reference_cache = ReferenceCache.from_state_dict(checkpoint["reference_cache"])
