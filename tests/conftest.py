@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -25,3 +26,12 @@ def tiny_tokenizer(_model_cache):
     from lightning_rlhf.models.loading import load_tokenizer
 
     return load_tokenizer(ModelSettings(name_or_path="builtin:tiny-llama"))
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny matrices: threads only contend with each other (and with other jobs) here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

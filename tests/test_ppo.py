@@ -20,15 +20,6 @@ from tests.online_learning import mean_letter_e, write_prompts
 REWARD = "lightning_rlhf.rewards.rules.letter_e_reward"  # reward = number of letters "e" in the completion
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny matrices: threads only contend with each other (and with other jobs) here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ppo_module(critic=None, policy=None, learning_rate=3e-2, **ppo):
     algorithm = create_algorithm("ppo", **{"max_new_tokens": 8, "missing_eos_penalty": 0.0, **ppo})
     return PolicyModule(

@@ -22,14 +22,6 @@ from tests.online_learning import write_prompts
 REWARD = "lightning_rlhf.rewards.rules.letter_e_reward"
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def online_module(algorithm, critic: CriticSettings | None = None) -> PolicyModule:
     module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm, reward=FunctionReward(REWARD),
                           critic=critic, optimizer=OptimizerSettings(learning_rate=1e-3, schedule="constant"),
