@@ -153,7 +153,20 @@ class OnlineMixin:
         ``columns``: each prompt row's other columns, for sources that read them."""
         if self.reward_source is None:
             raise RuntimeError(f"algorithm {self.algorithm.name!r} needs a reward source: set the module's `reward`")
-        return self.reward_source(prompts, completions, columns).to(self.device)
+        scores = self.reward_source(prompts, completions, columns)
+        # A composite source's parts (rewards.WeightedSum), each logged on its own; a rollout
+        # that draws more prompts calls this more than once.
+        parts = getattr(self, "_reward_parts", None)  # None outside an online step
+        for name, part in getattr(self.reward_source, "last_components", {}).items() if parts is not None else ():
+            parts.setdefault(name, []).append(part.detach().float().cpu())
+        return scores.to(self.device)
+
+    def _reward_part_means(self) -> dict[str, Tensor]:
+        """``reward/<name>``: each part's mean over this rollout's scored samples (NaN, an
+        unscored sample, left out)."""
+        means = {f"reward/{name}": torch.cat(parts).nanmean() for name, parts in self._reward_parts.items()}
+        self._reward_parts = None
+        return means
 
     def step_rewards(self, prompts: list[str], rollout: Rollout) -> tuple[Tensor, tuple[list[list[float]], list[list[int]]]]:
         """For a reward source that scores every step (``rewards.StepRewardSource``): each
@@ -207,7 +220,7 @@ class OnlineMixin:
 
     def online_training_step(self, batch: dict, batch_idx: int) -> None:
         step_start = time.perf_counter()
-        self._generation_seconds, self._generated_tokens = 0.0, 0
+        self._generation_seconds, self._generated_tokens, self._reward_parts = 0.0, 0, {}
         with torch.no_grad():  # the engine's promise, whether or not a plugin decorates its rollout
             experience = self.algorithm.rollout(self, batch)
         rollout_seconds = time.perf_counter() - step_start
@@ -236,7 +249,7 @@ class OnlineMixin:
         self.algorithm.after_updates(experience)
         step_seconds = time.perf_counter() - step_start
         n = len(experience)
-        metrics = {f"train/{k}": v for k, v in experience.metrics.items()}
+        metrics = {f"train/{k}": v for k, v in {**experience.metrics, **self._reward_part_means()}.items()}
         metrics.update({f"train/{k}": v / max(updates, 1) for k, v in metric_sums.items()})
         metrics["train/loss"] = torch.as_tensor(loss_sum / max(updates, 1))
         metrics["train/time/generation_share"] = torch.tensor(self._generation_seconds / step_seconds)
@@ -270,10 +283,10 @@ class OnlineMixin:
 
     @torch.no_grad()
     def online_validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._generation_seconds, self._generated_tokens = 0.0, 0
+        self._generation_seconds, self._generated_tokens, self._reward_parts = 0.0, 0, {}
         experience = self.algorithm.rollout(self, batch)
         self.log_dict(
-            {f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in experience.metrics.items()},
+            {f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in {**experience.metrics, **self._reward_part_means()}.items()},
             batch_size=len(experience), sync_dist=True,
         )
 

@@ -14,25 +14,60 @@ from lightning_rlhf.rewards.base import RewardSource, import_function
 
 
 class WeightedSum(RewardSource):
-    """``sum_i w_i * source_i(prompt, completion)``."""
+    """``sum_i w_i * source_i(prompt, completion)``, each source's own scores kept for logging.
 
-    def __init__(self, sources: list[RewardSource], weights: list[float] | None = None):
+    The sources score concurrently, each in a thread of its own: a reward function that
+    waits on a sandbox or a server (``async def`` ones included) does not hold up the
+    others. After each call, ``last_components`` maps each source's name to its own
+    (unweighted) scores; the online module logs their means as ``train/reward/<name>``."""
+
+    reads_columns = True  # handed on to the sources that read them
+
+    def __init__(self, sources: list[RewardSource], weights: list[float] | None = None, names: list[str] | None = None):
         """
         Args:
             sources: the reward sources to add up
             weights: one per source (default: all 1)
+            names: one per source, for the logged metrics (default: a reward function's
+                name, or the source's class name; repeated names are numbered)
         """
         if not sources:
             raise ValueError("WeightedSum needs at least one source")
         weights = [1.0] * len(sources) if weights is None else list(weights)
         if len(weights) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
-        self.sources, self.weights = list(sources), weights
-
-    reads_columns = True  # handed on to the sources that read them
+        names = [source_name(source) for source in sources] if names is None else list(names)
+        if len(names) != len(sources):
+            raise ValueError(f"{len(sources)} sources but {len(names)} names")
+        self.sources, self.weights, self.names = list(sources), weights, _numbered(names)
+        self.last_components: dict[str, Tensor] = {}
 
     def score(self, prompts, completions, columns: list[dict] | None = None) -> Tensor:
-        return sum(w * s(prompts, completions, columns) for w, s in zip(self.weights, self.sources, strict=True))
+        if len(self.sources) == 1:
+            parts = [self.sources[0](prompts, completions, columns)]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=len(self.sources)) as pool:
+                parts = list(pool.map(lambda source: source(prompts, completions, columns), self.sources))
+        self.last_components = dict(zip(self.names, parts, strict=True))
+        return sum(w * part for w, part in zip(self.weights, parts, strict=True))
+
+
+def source_name(source: RewardSource) -> str:
+    """A short name for a reward source in logged metrics: a function's own name, else the class's."""
+    function = getattr(source, "function", None)
+    return function.rpartition(".")[2] if isinstance(function, str) else type(source).__name__
+
+
+def _numbered(names: list[str]) -> list[str]:
+    counts = {name: names.count(name) for name in names}
+    seen: dict[str, int] = {}
+    numbered = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        numbered.append(f"{name}_{seen[name]}" if counts[name] > 1 else name)
+    return numbered
 
 
 class SafetyGatedReward(RewardSource):
