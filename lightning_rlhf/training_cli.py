@@ -140,6 +140,13 @@ class RLHFCLI(LightningCLI):
         except registry.UnknownAlgorithmError as error:  # from the command line or the loader
             parser.error(str(error))
 
+    def before_instantiate_classes(self) -> None:
+        from lightning_rlhf.recipe_paths import resolve_data_paths
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        recipes = [getattr(path, "absolute", None) or str(path) for path in (config.get("config") or [])]
+        resolve_data_paths(config, recipes)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would merge the checkpoint's hyper_parameters into the recipe when
         # --ckpt_path names a file. Ours are plain-data copies of the settings (for

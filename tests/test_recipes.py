@@ -58,3 +58,24 @@ def test_judge_spec_check_catches_a_wrong_type(tmp_path):
 
     with pytest.raises(Exception, match="batch_size"):
         check_judge_spec({"class_path": "lightning_rlhf.rewards.PairwiseJudge", "init_args": {"path": "x", "batch_size": "many"}})
+
+
+def test_a_recipe_finds_its_data_from_any_folder(tmp_path, monkeypatch):
+    """The shipped recipes name their data from the repository's root; run from elsewhere,
+    the path is found above the recipe. What is found nowhere says where it was looked for."""
+    recipe = str(Path("recipes/dpo/tiny.yaml").resolve())
+    monkeypatch.chdir(tmp_path)
+    cli = RLHFCLI(args=["--config", recipe], run=False)
+    path = Path(cli.config.data.init_args.path)
+    assert path.is_absolute() and path == (Path(recipe).parents[2] / "recipes/data/tiny_preferences.jsonl")
+
+
+def test_a_missing_data_file_names_where_it_was_looked_for(tmp_path, monkeypatch, capsys):
+    from lightning_rlhf.cli import main
+
+    recipe = Path("recipes/dpo/tiny.yaml").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(recipe), "--data.init_args.path", "recipes/data/missing.jsonl"]) == 2
+    error = capsys.readouterr().err
+    assert "data.path: data file 'recipes/data/missing.jsonl' does not exist; looked in the working directory" in error
+    assert str(recipe.parent) in error and str(recipe.parents[2]) in error
