@@ -146,7 +146,8 @@ class HFEngine:
             with _random_stream(seed, device), neutral_generation_config(model):
                 starts = range(0, len(expanded), self.batch_size)
                 if self.progress is not None:
-                    starts = tqdm(starts, desc=self.progress, unit="batch", mininterval=2.0, dynamic_ncols=True)
+                    # disable=None: quiet when the output is not a terminal (a log file, CI)
+                    starts = tqdm(starts, desc=self.progress, unit="batch", mininterval=2.0, dynamic_ncols=True, disable=None)
                 for start in starts:
                     rows = expanded[start : start + self.batch_size]
                     input_ids, attention_mask = left_pad(rows, pad_id)

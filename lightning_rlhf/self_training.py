@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from lightning_rlhf.algorithm import Algorithm, DataKind
 
@@ -185,11 +186,14 @@ class SelfTrainingAlgorithm(Algorithm):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             # Bounded pieces: generate() lays each out as a training batch on the device.
-            for start in range(0, len(jobs), rows_per_call):
-                piece = jobs[start : start + rows_per_call]
-                rollout = ctx.generate([row["prompt_ids"] for row, _ in piece], phase.temperature, self.top_p, self.max_new_tokens)
-                texts += rollout.completions
-                finished += rollout.finished.tolist()
+            with tqdm(total=len(jobs), desc=f"{phase.name}: grow", unit="sample", mininterval=2.0, dynamic_ncols=True,
+                      disable=None, leave=False) as bar:  # disable=None: quiet when not writing to a terminal
+                for start in range(0, len(jobs), rows_per_call):
+                    piece = jobs[start : start + rows_per_call]
+                    rollout = ctx.generate([row["prompt_ids"] for row, _ in piece], phase.temperature, self.top_p, self.max_new_tokens)
+                    texts += rollout.completions
+                    finished += rollout.finished.tolist()
+                    bar.update(len(piece))
         columns = [row.get("columns", {}) for row, _ in jobs]
         rewards = ctx.reward([row["prompt"] for row, _ in jobs], texts, columns).float().cpu().tolist() if jobs else []
         return [

@@ -135,7 +135,8 @@ def train_causal_lm(
     scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
     model.train()
     losses = []
-    bar = tqdm(total=steps, desc=progress, unit="step", mininterval=2.0, dynamic_ncols=True, disable=progress is None)
+    # Quiet without a description, or when the output is not a terminal (a log file, CI).
+    bar = tqdm(total=steps, desc=progress, unit="step", mininterval=2.0, dynamic_ncols=True, disable=None if progress else True)
     for step in range(steps):
         indices = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
         input_ids, labels = pad_batch(
