@@ -92,3 +92,38 @@ def test_data_module_switch(tmp_path, tiny_tokenizer):
         val_widths = [b["input_ids"].shape[1] for b in data.val_dataloader()]
         if switch:
             assert val_widths == sorted(val_widths)
+
+
+def test_padding_share_by_hand():
+    from lightning_rlhf.data.length_grouping import padding_share
+
+    assert padding_share([4, 4, 4], batch_size=2) == 0.0
+    assert padding_share([1, 3], batch_size=2) == 1 - 4 / 6  # one batch, padded to 3: [3, 3]
+    assert padding_share([5], batch_size=4) == 0.0
+
+
+def test_setup_hints_at_group_by_length_when_batches_are_mostly_padding(tmp_path, tiny_tokenizer, caplog):
+    import json
+    import logging
+
+    from lightning_rlhf.data import SFTDataModule
+
+    path = tmp_path / "sft.jsonl"
+    # completions of 1 to 200 bytes: random batches of 8 are about half padding
+    rows = [{"prompt": "p", "completion": "x" * (1 + (i * 37) % 200)} for i in range(64)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for switch, hinted in ((False, True), (True, False)):
+        caplog.clear()
+        data = SFTDataModule(path=str(path), batch_size=8, group_by_length=switch, max_length=256)
+        data.tokenizer = tiny_tokenizer
+        with caplog.at_level(logging.WARNING, logger="lightning_rlhf.data.modules"):
+            data.setup("fit")
+        assert ("group_by_length: true" in caplog.text) == hinted, caplog.text
+    even = tmp_path / "even.jsonl"
+    even.write_text("".join(json.dumps({"prompt": "p", "completion": "x" * 50}) + "\n" for _ in range(16)))
+    caplog.clear()
+    data = SFTDataModule(path=str(even), batch_size=8, max_length=256)
+    data.tokenizer = tiny_tokenizer
+    with caplog.at_level(logging.WARNING, logger="lightning_rlhf.data.modules"):
+        data.setup("fit")
+    assert "padding" not in caplog.text

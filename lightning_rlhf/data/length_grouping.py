@@ -61,3 +61,21 @@ def group_by_length(
     if last is not None:
         batches.append(last)
     return [i for batch in batches for i in batch]
+
+
+def padding_share(lengths: Sequence[int], batch_size: int, seed: int = 0, batches: int = 64) -> float:
+    """The share of a random batch's computed tokens that is padding (each batch padded to
+    its longest row), averaged over ``batches`` batches drawn with ``seed``.
+
+    >>> round(padding_share([1, 3], batch_size=2), 4)  # one batch [3, 3]: 2 of 6 tokens are padding
+    0.3333
+    """
+    if len(lengths) <= 1 or batch_size <= 1:
+        return 0.0
+    rng = random.Random(seed)
+    padded = real = 0
+    for _ in range(batches):
+        batch = rng.sample(list(lengths), min(batch_size, len(lengths)))
+        padded += max(batch) * len(batch)
+        real += sum(batch)
+    return 1.0 - real / padded
