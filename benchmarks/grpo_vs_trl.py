@@ -111,7 +111,7 @@ def run_ours(spec: dict) -> dict:
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.online import OnlineSettings
     from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.modules.policy import PolicyModule
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
     from lightning_rlhf.registry import create_algorithm
     from lightning_rlhf.rewards import FunctionReward
 
@@ -122,7 +122,7 @@ def run_ours(spec: dict) -> dict:
         algorithm = create_algorithm("grpo", loss_type="grpo", beta=0.0, **settings)
     else:
         algorithm = create_algorithm("rloo", beta=spec["rloo_beta"], **settings)
-    module = PolicyModule(
+    module = OnlinePolicyModule(
         policy=ModelSettings(name_or_path=spec["model_dir"], dtype="float32"),
         algorithm=algorithm,
         optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", weight_decay=spec["weight_decay"]),

@@ -3,7 +3,7 @@ generation takes.
 
 One PPO rollout (``plugins/ppo.py``: ``PPO.rollout``) on the benchmark model
 (``harness.ModelShape``, 34M parameters, built once): sample a completion for each of
-``--prompts`` prompts with the KV cache (``PolicyModule.generate``, ``--generation-batch``
+``--prompts`` prompts with the KV cache (``OnlinePolicyModule.generate``, ``--generation-batch``
 prompts decoded together, ``--max-new-tokens`` each: the untrained model rarely writes
 EOS, so nearly every completion is full length), score them with a rule reward, then
 the policy's log-probs and entropy, the reference's log-probs and the critic's values
@@ -39,12 +39,12 @@ def run(spec: dict) -> dict:
 
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.online import OnlineSettings
-    from lightning_rlhf.modules.policy import PolicyModule
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
     from lightning_rlhf.registry import create_algorithm
     from lightning_rlhf.rewards import FunctionReward
 
     torch.manual_seed(spec["seed"])
-    module = PolicyModule(
+    module = OnlinePolicyModule(
         ModelSettings(name_or_path=spec["model_dir"]),
         create_algorithm("ppo", max_new_tokens=spec["max_new_tokens"]),
         reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),

@@ -10,7 +10,15 @@ import os
 # set first; a value the user exported wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from lightning_rlhf.algorithm import Algorithm, Experience, LossOutput, OnlineAlgorithm, SequenceLogps
+from lightning_rlhf.algorithm import (
+    Algorithm,
+    Experience,
+    LossOutput,
+    OnlineAlgorithm,
+    OnlineContext,
+    PolicyContext,
+    SequenceLogps,
+)
 from lightning_rlhf.registry import create_algorithm, get_algorithm, list_algorithms, register_algorithm
 
 __version__ = "0.1.0"
@@ -20,6 +28,9 @@ __all__ = [
     "Experience",
     "LossOutput",
     "OnlineAlgorithm",
+    "OnlineContext",
+    "OnlinePolicyModule",
+    "PolicyContext",
     "PolicyModule",
     "RewardModule",
     "SequenceLogps",
@@ -37,6 +48,10 @@ def __getattr__(name: str):
         from lightning_rlhf.modules.policy import PolicyModule
 
         return PolicyModule
+    if name == "OnlinePolicyModule":
+        from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+
+        return OnlinePolicyModule
     if name == "RewardModule":
         from lightning_rlhf.modules.reward import RewardModule
 

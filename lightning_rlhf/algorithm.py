@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from collections.abc import Iterator
-from typing import Any, ClassVar, Literal, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # for the annotations only: rollout.py pulls in transformers
+    from lightning_rlhf.rollout import Rollout
 
 DataKind = Literal["sft", "preference", "unpaired", "ranking", "prompt", "stepwise"]
 Stage = Literal["policy", "reward"]
@@ -74,6 +77,63 @@ class PolicyContext(Protocol):
     def reference_logps(self, batch: dict[str, Tensor]) -> SequenceLogps:
         """The same under the frozen reference (a copy, the policy with LoRA adapters
         disabled, or a cache); no grad."""
+        ...
+
+
+class OnlineContext(PolicyContext, Protocol):
+    """What :class:`~lightning_rlhf.OnlinePolicyModule` lends an online plugin's ``rollout``
+    and ``loss``, and all they may touch. ``rollout`` runs under ``torch.no_grad`` (the
+    module's promise), where the module scores in pieces of ``online.rollout_batch_size`` rows."""
+
+    #: the policy's tokenizer (decoding, special tokens)
+    tokenizer: Any
+    #: where the policy lives; every tensor the module returns is on it
+    device: torch.device
+    #: False during a validation rollout (statistics such as score moments must not move)
+    training: bool
+
+    def policy_logps(self, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
+        """Per-token log-probs of the batch's completions under the policy, scored under
+        ``softmax(logits / temperature)`` (the distribution sampled from); with grad unless
+        in a rollout. ``entropy``: also each position's entropy (``SequenceLogps.entropy``)."""
+        ...
+
+    def reference_logps(self, batch: dict[str, Tensor], temperature: float = 1.0) -> SequenceLogps:
+        """The same under the frozen reference; no grad. Only for a plugin whose
+        ``needs_reference`` is true."""
+        ...
+
+    def generate(self, prompt_ids: list[list[int]], temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 64) -> Rollout:
+        """One sampled completion per prompt (repeat a prompt for several), in the training
+        layout: ``Rollout.batch`` (``input_ids``, masks, ``logp_index``), ``completions``
+        (text), ``finished`` (ended with EOS) and ``lengths``."""
+        ...
+
+    def reward(self, prompts: list[str], completions: list[str], columns: list[dict] | None = None) -> Tensor:
+        """``[N]`` float score of each completion from the module's reward source, NaN where
+        the source left a sample out; ``columns``: each prompt row's other columns."""
+        ...
+
+    def step_rewards(self, prompts: list[str], rollout: Rollout) -> tuple[Tensor, tuple[list[list[float]], list[list[int]]]]:
+        """For a reward source that scores every step: each completion's aggregate ``[N]``,
+        and per completion its step scores and the ``policy_logps`` columns that end them."""
+        ...
+
+    def values(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad unless in a
+        rollout). Only for a plugin whose ``needs_value`` is true."""
+        ...
+
+    def more_prompts(self, count: int, draw: int) -> dict[str, Any]:
+        """``count`` more training prompts, a batch like the data loader's (``prompt_ids``,
+        ``prompts``, ``columns``), seeded by the step and ``draw`` (which refill this is)."""
+        ...
+
+    @property
+    def sum_over_processes(self) -> Callable[[Tensor], Tensor] | None:
+        """Sums a tensor over the processes of a data-parallel run (statistics of the whole
+        rollout); None with one process."""
         ...
 
 
@@ -233,7 +293,10 @@ class OnlineAlgorithm(Algorithm):
     progress_metric: ClassVar[str] = "objective/scores"
 
     @torch.no_grad()
-    def rollout(self, ctx: Any, prompts: dict[str, Any]) -> Experience:
+    def rollout(self, ctx: OnlineContext, prompts: dict[str, Any]) -> Experience:
+        raise NotImplementedError
+
+    def loss(self, ctx: OnlineContext, batch: dict[str, Tensor]) -> LossOutput:
         raise NotImplementedError
 
     def minibatches(self, experience: Experience) -> Iterator[dict[str, Tensor]]:

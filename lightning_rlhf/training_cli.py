@@ -6,8 +6,10 @@ Its own module so that the pipeline's fit stage can run it without importing the
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
+import warnings
 from typing import Any
 
 import lightning as L
@@ -16,6 +18,7 @@ from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lightning_rlhf import registry
+from lightning_rlhf.algorithm import OnlineAlgorithm
 from lightning_rlhf.cpu import warn_if_slow_bf16
 
 
@@ -40,6 +43,10 @@ def resolve_plugin_names(value: Any, key: str = "") -> Any:
         class_path = value.get("class_path")
         if isinstance(class_path, str) and (_is_algorithm_key(key) or (not key and class_path in registry.list_algorithms())):
             value["class_path"] = algorithm_class_path(class_path, key or "algorithm")
+        if class_path in _POLICY_MODULE and _trains_online(value):
+            warnings.warn(f"{key or 'model'}.class_path: {class_path} trains offline algorithms; this recipe's is online, "
+                          "so lightning_rlhf.OnlinePolicyModule trains it (write that class_path in the recipe)", FutureWarning)
+            value["class_path"] = "lightning_rlhf.OnlinePolicyModule"
         return value
     if isinstance(value, str) and _is_algorithm_key(key):
         return algorithm_class_path(value, key)
@@ -59,6 +66,24 @@ def algorithm_class_path(name: str, key: str) -> str:
             f"{key}: unknown algorithm {name!r}; registered algorithms are: {', '.join(algorithms)}"
         )
     return name
+
+
+# A recipe written before the online module had its own class names PolicyModule for PPO.
+_POLICY_MODULE = ("lightning_rlhf.PolicyModule", "lightning_rlhf.modules.policy.PolicyModule")
+
+
+def _trains_online(module: dict) -> bool:
+    """The module's ``init_args.algorithm`` (already resolved to an import path) is online."""
+    algorithm = (module.get("init_args") or {}).get("algorithm")
+    path = algorithm.get("class_path") if isinstance(algorithm, dict) else algorithm
+    if not isinstance(path, str) or "." not in path:
+        return False
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return False  # jsonargparse reports it
+    return isinstance(cls, type) and issubclass(cls, OnlineAlgorithm)
 
 
 def _is_algorithm_key(key: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
+from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, OnlineContext, register_algorithm
 from lightning_rlhf.algorithm import passes_over, passes_updates
 from lightning_rlhf.ops import completion_index, masked_mean
 from lightning_rlhf.rollout import concat_rollouts
@@ -142,7 +142,7 @@ class GRPO(OnlineAlgorithm):
 
     # -- rollout ------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, ctx, prompts) -> Experience:
+    def rollout(self, ctx: OnlineContext, prompts) -> Experience:
         g = self.num_generations
         pieces = [self._sample_groups(ctx, prompts)]
         groups = len(prompts["prompts"])
@@ -218,7 +218,7 @@ class GRPO(OnlineAlgorithm):
         return Experience(tensors, [texts[i] for i in kept], [sampled.completions[i] for i in kept], scores.index_select(0, rows),
                           {k: v.detach().float() for k, v in metrics.items()})
 
-    def _sample_groups(self, ctx, prompts) -> tuple:
+    def _sample_groups(self, ctx: OnlineContext, prompts) -> tuple:
         """G completions of every prompt of a batch, scored: (rollout, prompt texts, columns, scores,
         and with ``process_rewards`` each completion's step scores and their columns)."""
         g = self.num_generations
@@ -254,7 +254,7 @@ class GRPO(OnlineAlgorithm):
     def updates_per_rollout(self, rollout_size: int) -> int:
         return passes_updates(rollout_size, self.num_iterations, self.minibatch_size)
 
-    def loss(self, ctx, batch) -> LossOutput:
+    def loss(self, ctx: OnlineContext, batch) -> LossOutput:
         new = ctx.policy_logps(batch, temperature=self.temperature)
         mask = new.mask.to(new.token_logps.dtype)
         logps = new.token_logps

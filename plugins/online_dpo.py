@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, register_algorithm
+from lightning_rlhf import Experience, LossOutput, OnlineAlgorithm, OnlineContext, register_algorithm
 from lightning_rlhf.algorithm import passes_over, passes_updates
 from lightning_rlhf.ops import completion_index, masked_mean, preference_metrics, sigmoid_preference_loss
 
@@ -61,7 +61,7 @@ class OnlineDPO(OnlineAlgorithm):
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
 
     @torch.no_grad()
-    def rollout(self, ctx, prompts) -> Experience:
+    def rollout(self, ctx: OnlineContext, prompts) -> Experience:
         prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(2)]
         texts = [text for text in prompts["prompts"] for _ in range(2)]
         columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(2)]
@@ -95,7 +95,7 @@ class OnlineDPO(OnlineAlgorithm):
     def updates_per_rollout(self, rollout_size: int) -> int:
         return passes_updates(rollout_size, self.num_iterations, self.minibatch_size)
 
-    def loss(self, ctx, batch) -> LossOutput:
+    def loss(self, ctx: OnlineContext, batch) -> LossOutput:
         policy = ctx.policy_logps(batch, temperature=self.temperature)
         policy_chosen, policy_rejected = policy.sum().view(-1, 2).unbind(-1)
         reference_chosen, reference_rejected = batch["ref_logps"].view(-1, 2).unbind(-1)

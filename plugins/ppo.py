@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from lightning_rlhf import LossOutput, OnlineAlgorithm, register_algorithm
+from lightning_rlhf import LossOutput, OnlineAlgorithm, OnlineContext, register_algorithm
 from lightning_rlhf.algorithm import Experience
 from lightning_rlhf.kl_control import AdaptiveKLController, KLController
 from lightning_rlhf.ops import (
@@ -172,7 +172,7 @@ class PPO(OnlineAlgorithm):
 
     # -- rollout ------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, ctx, prompts) -> Experience:
+    def rollout(self, ctx: OnlineContext, prompts) -> Experience:
         sampled = ctx.generate(prompts["prompt_ids"], self.temperature, self.top_p, self.max_new_tokens)
         batch = {k: v for k, v in sampled.batch.items() if k != "logp_index"}
         batch["logp_index"] = sampled.batch["logp_index"]
@@ -260,7 +260,7 @@ class PPO(OnlineAlgorithm):
     def updates_per_rollout(self, rollout_size: int) -> int:
         return self.ppo_epochs * math.ceil(rollout_size / self.minibatch_size)
 
-    def loss(self, ctx, batch) -> LossOutput:
+    def loss(self, ctx: OnlineContext, batch) -> LossOutput:
         new = ctx.policy_logps(batch, temperature=self.temperature, entropy=True)
         mask = new.mask
         # Sums over this piece divided by the whole minibatch's tokens: exact under micro-batching.

@@ -33,6 +33,7 @@ from lightning_rlhf.data import DATA_MODULES
 from lightning_rlhf.engine import Sample, SamplingSettings
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.modules.online_policy import OnlinePolicyModule
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.registry import create_algorithm_from_spec
 from lightning_rlhf.rewards import FunctionReward
@@ -115,7 +116,7 @@ def run(spec: dict) -> None:
     torch.manual_seed(0)
     algorithm = create_algorithm_from_spec(spec["algorithm"])
     online = "reward" in spec
-    module = PolicyModule(
+    module = (OnlinePolicyModule if online else PolicyModule)(
         policy=ModelSettings(name_or_path="builtin:tiny-llama", gradient_checkpointing=spec.get("gradient_checkpointing", False)),
         algorithm=algorithm,
         optimizer=OptimizerSettings(learning_rate=spec.get("learning_rate", 1e-2), schedule="constant"),

@@ -38,17 +38,17 @@ def letter_e_before_and_after(directory: Path, algorithm, epochs: int = 6, learn
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.online import OnlineSettings
     from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.modules.policy import PolicyModule
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
     from lightning_rlhf.rewards import FunctionReward
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only contend
     try:
         path = write_prompts(directory)
-        module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm,
-                              optimizer=OptimizerSettings(learning_rate=learning_rate, schedule="constant"),
-                              reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
-                              online=OnlineSettings(sample_table_every_n_steps=0))
+        module = OnlinePolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm,
+                                    optimizer=OptimizerSettings(learning_rate=learning_rate, schedule="constant"),
+                                    reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
+                                    online=OnlineSettings(sample_table_every_n_steps=0))
         data = PromptDataModule(path=str(path), batch_size=8, max_length=32)
         before = mean_letter_e(module, data, path)
         L.seed_everything(seed)

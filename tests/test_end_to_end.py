@@ -73,7 +73,7 @@ def test_export_of_a_dpo_checkpoint_loads_the_policy_alone(tmp_path, monkeypatch
     """Exporting a full-weight DPO checkpoint writes the trained policy without loading the
     reference model beside it (counted: one causal LM loaded, not two)."""
     from lightning_rlhf.cli import main
-    from lightning_rlhf.modules import policy as policy_module
+    from lightning_rlhf.modules import policy_base as policy_module
 
     cli = run_recipe("recipes/dpo/tiny.yaml", tmp_path, False, "--trainer.max_steps", "2")
     checkpoint = next(tmp_path.rglob("*.ckpt"))
@@ -84,6 +84,25 @@ def test_export_of_a_dpo_checkpoint_loads_the_policy_alone(tmp_path, monkeypatch
     assert len(loads) == 1
     from transformers import AutoModelForCausalLM
 
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "from_ckpt")
+    state = cli.model.policy.state_dict()
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+
+
+def test_export_of_an_online_checkpoint(tmp_path):
+    """``export`` finds the module that wrote a checkpoint: a GRPO run's comes back as an
+    OnlinePolicyModule, its policy as trained."""
+    from transformers import AutoModelForCausalLM
+
+    from lightning_rlhf.cli import main
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+    from lightning_rlhf.modules.policy import PolicyModule
+
+    cli = run_recipe("recipes/grpo/tiny.yaml", tmp_path, False, "--trainer.max_steps", "1", "--trainer.enable_checkpointing", "true")
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    assert type(PolicyModule.policy_from_checkpoint(checkpoint)) is OnlinePolicyModule
+    assert main(["export", str(checkpoint), str(tmp_path / "from_ckpt")]) == 0
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "from_ckpt")
     state = cli.model.policy.state_dict()
     for key, value in exported.state_dict().items():

@@ -12,6 +12,7 @@ from lightning_rlhf.models.builtin import resolve
 from lightning_rlhf.models.config import LoraSettings, ModelSettings
 from lightning_rlhf.models.critic import CriticSettings
 from lightning_rlhf.models.dropout import disable_dropout, dropout_left
+from lightning_rlhf.modules.online_policy import OnlinePolicyModule
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.rewards import FunctionReward
 
@@ -86,8 +87,8 @@ def test_the_critic_is_built_without_dropout(tiny_tokenizer):
     """A separate LoRA critic (LoRA dropout 0.05 by default) is trained and read with dropout off."""
     lora = LoraSettings(r=4, alpha=8)
     critic = CriticSettings(model=ModelSettings(name_or_path="builtin:tiny-llama", lora=lora))
-    module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama", lora=lora), create_algorithm("ppo"),
-                          reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"), critic=critic)
+    module = OnlinePolicyModule(ModelSettings(name_or_path="builtin:tiny-llama", lora=lora), create_algorithm("ppo"),
+                                reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"), critic=critic)
     module.configure_model()
     assert dropout_left(module.policy) == [] and dropout_left(module.value_model) == []
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lightning_rlhf import create_algorithm
@@ -113,3 +114,44 @@ def test_export_merged_and_adapter(tmp_path):
     got = naive_logps(adapted(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                       batch["input_ids"], batch["completion_mask"])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_offline_module_has_no_online_settings():
+    import inspect
+
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+
+    offline = set(inspect.signature(PolicyModule.__init__).parameters)
+    assert not offline & {"critic", "online"}
+    assert {"critic", "online"} <= set(inspect.signature(OnlinePolicyModule.__init__).parameters)
+    module = PolicyModule(ModelSettings(TINY), create_algorithm("dpo"))
+    assert module.automatic_optimization and not hasattr(module, "is_online") and not hasattr(module, "values")
+
+
+def test_an_online_algorithm_on_policy_module_gets_the_online_module():
+    """Code written before the split (``PolicyModule(policy, grpo, online=...)``) keeps working,
+    and a checkpoint's hyperparameters come back as the module that wrote them."""
+    from lightning_rlhf.modules.online import OnlineSettings
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+
+    module = PolicyModule(ModelSettings(TINY), create_algorithm("grpo"), online=OnlineSettings(micro_batch_size=2))
+    assert type(module) is OnlinePolicyModule and module.online_settings.micro_batch_size == 2
+    assert not module.automatic_optimization
+    assert type(PolicyModule.from_hparams(dict(module.hparams))) is OnlinePolicyModule
+    with pytest.raises(TypeError, match="is not online: train it with lightning_rlhf.PolicyModule"):
+        OnlinePolicyModule(ModelSettings(TINY), create_algorithm("dpo"))
+
+
+def test_an_old_online_recipe_naming_policy_module_trains_online(tmp_path):
+    """A recipe that names ``lightning_rlhf.PolicyModule`` for PPO (with ``critic`` and
+    ``online`` keys the offline module does not take) gets the online module, and a warning."""
+    from pathlib import Path
+
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+    from lightning_rlhf.training_cli import RLHFCLI
+
+    recipe = tmp_path / "ppo.yaml"
+    recipe.write_text(Path("recipes/ppo/tiny.yaml").read_text().replace("lightning_rlhf.OnlinePolicyModule", "lightning_rlhf.PolicyModule"))
+    with pytest.warns(FutureWarning, match="lightning_rlhf.OnlinePolicyModule trains it"):
+        cli = RLHFCLI(args=["--config", str(recipe), "--trainer.logger", "false"], run=False)
+    assert type(cli.model) is OnlinePolicyModule

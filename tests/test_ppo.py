@@ -12,6 +12,7 @@ from lightning_rlhf.models.config import LoraSettings, ModelSettings
 from lightning_rlhf.models.critic import CriticSettings
 from lightning_rlhf.modules.online import OnlineSettings, split_micro_batches
 from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.modules.online_policy import OnlinePolicyModule
 from lightning_rlhf.modules.policy import PolicyModule
 from lightning_rlhf.rewards import FunctionReward
 from lightning_rlhf.testing import make_batch
@@ -22,7 +23,7 @@ REWARD = "lightning_rlhf.rewards.rules.letter_e_reward"  # reward = number of le
 
 def ppo_module(critic=None, policy=None, learning_rate=3e-2, **ppo):
     algorithm = create_algorithm("ppo", **{"max_new_tokens": 8, "missing_eos_penalty": 0.0, **ppo})
-    return PolicyModule(
+    return OnlinePolicyModule(
         policy or ModelSettings(name_or_path="builtin:tiny-llama"),
         algorithm,
         optimizer=OptimizerSettings(learning_rate=learning_rate, schedule="constant"),
@@ -83,7 +84,7 @@ def test_checkpoint_holds_the_kl_controller(tiny_tokenizer):
     fresh = ppo_module(kl_coef=0.2, kl_target=1.0, kl_horizon=100)
     fresh.on_load_checkpoint(checkpoint)
     assert fresh.algorithm.kl_controller.beta == pytest.approx(0.22)
-    rebuilt = PolicyModule.from_hparams(dict(module.hparams))
+    rebuilt = OnlinePolicyModule.from_hparams(dict(module.hparams))
     assert rebuilt.reward_source.function == REWARD and rebuilt.online_settings.sample_table_every_n_steps == 0
 
 

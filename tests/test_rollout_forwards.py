@@ -13,7 +13,7 @@ from lightning_rlhf.models.critic import CriticSettings
 from lightning_rlhf.models.loading import unwrap
 from lightning_rlhf.modules.online import OnlineSettings
 from lightning_rlhf.modules.optim import OptimizerSettings
-from lightning_rlhf.modules.policy import PolicyModule
+from lightning_rlhf.modules.online_policy import OnlinePolicyModule
 from lightning_rlhf.rewards import FunctionReward
 from lightning_rlhf.testing import make_batch
 from lightning_rlhf_plugins.ppo import PPO
@@ -22,15 +22,15 @@ from tests.online_learning import write_prompts
 REWARD = "lightning_rlhf.rewards.rules.letter_e_reward"
 
 
-def online_module(algorithm, critic: CriticSettings | None = None) -> PolicyModule:
-    module = PolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm, reward=FunctionReward(REWARD),
+def online_module(algorithm, critic: CriticSettings | None = None) -> OnlinePolicyModule:
+    module = OnlinePolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), algorithm, reward=FunctionReward(REWARD),
                           critic=critic, optimizer=OptimizerSettings(learning_rate=1e-3, schedule="constant"),
                           online=OnlineSettings(sample_table_every_n_steps=0))
     module.configure_model()
     return module
 
 
-def scoring_forwards(module: PolicyModule) -> dict[str, list[int]]:
+def scoring_forwards(module: OnlinePolicyModule) -> dict[str, list[int]]:
     """Rows of every forward without a KV cache (scoring, not sampling), per model, as they happen."""
     models = {"policy": unwrap(module.policy).get_decoder()}
     if module.reference_model is not None:
@@ -46,7 +46,7 @@ def scoring_forwards(module: PolicyModule) -> dict[str, list[int]]:
     return calls
 
 
-def rollout_with(module: PolicyModule, rows: int | None, seed: int = 0):
+def rollout_with(module: OnlinePolicyModule, rows: int | None, seed: int = 0):
     """One rollout of the sample prompts, scoring in pieces of ``rows`` (None: all at once)."""
     module.online_settings = OnlineSettings(rollout_batch_size=rows, sample_table_every_n_steps=0)
     torch.manual_seed(seed)  # the same samples either way

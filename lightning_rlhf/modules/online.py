@@ -1,4 +1,4 @@
-"""The online half of PolicyModule: rollouts, the critic, and the PPO-style update loop.
+"""The online half of OnlinePolicyModule: rollouts, the critic, and the PPO-style update loop.
 
 For an :class:`~lightning_rlhf.algorithm.OnlineAlgorithm` the module optimises by hand
 (``automatic_optimization = False``). One training step, per batch of prompts:
@@ -18,11 +18,8 @@ batch of prompts. The module also times generation against the whole step and lo
 ``train/time/generation_share`` and ``train/time/rollout_tokens_per_second``; the progress
 bar shows the metric the plugin names in ``progress_metric``.
 
-What the module lends an online plugin, beside ``policy_logps``/``reference_logps``
-(both take ``temperature``; ``policy_logps`` also ``entropy=True``):
-``generate(prompt_ids, temperature, top_p, max_new_tokens) -> Rollout``,
-``reward(prompts, completions, columns=None) -> Tensor[N]``, ``values(batch) -> Tensor[N, T-1]``
-and ``more_prompts(count, draw)`` (more training prompts, for refilling a rollout).
+What the module lends an online plugin is listed, with signatures, in one place:
+:class:`lightning_rlhf.algorithm.OnlineContext`.
 """
 
 from __future__ import annotations
@@ -40,8 +37,7 @@ from torch import Tensor
 from lightning_rlhf.algorithm import Experience, SequenceLogps, trim_padding
 from lightning_rlhf.models.critic import CriticSettings, ValueHead, head_values, load_value_model, value_model_values
 from lightning_rlhf.models.config import ModelSettings
-from lightning_rlhf.engine import HFEngine, SamplingSettings
-from lightning_rlhf.rollout import Rollout, generate_rollout
+from lightning_rlhf.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +83,7 @@ def reward_spec(reward) -> dict | None:
 
 
 class OnlineMixin:
-    """Rollouts, critic and the manual update loop; mixed into PolicyModule."""
+    """Rollouts, critic and the manual update loop; mixed into OnlinePolicyModule."""
 
     # -- models ---------------------------------------------------------------------------
     def configure_critic(self) -> None:
@@ -111,17 +107,6 @@ class OnlineMixin:
         return [p for p in critic.parameters() if p.requires_grad] if critic is not None else []
 
     # -- what online plugins may use --------------------------------------------------------
-    def generate(self, prompt_ids, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64) -> Rollout:
-        """One sampled completion per prompt, in the training layout (timed for the metrics)."""
-        start = time.perf_counter()
-        if self.rollout_engine is None:
-            self.rollout_engine = HFEngine(self.policy, self.tokenizer, self.online_settings.generation_batch_size)
-        settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device)
-        self._generation_seconds += time.perf_counter() - start
-        self._generated_tokens += int(rollout.lengths.sum())
-        return rollout
-
     def more_prompts(self, count: int, draw: int) -> dict:
         """``count`` more training prompts, a batch like the data loader's, drawn at random
         (with replacement) from the training rows: DAPO's dynamic sampling refills a
@@ -149,17 +134,14 @@ class OnlineMixin:
         return lambda tensor: trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     def reward(self, prompts: list[str], completions: list[str], columns: list[dict] | None = None) -> Tensor:
-        """Scores of the text from the module's reward source, ``[N]`` on the module's device;
-        ``columns``: each prompt row's other columns, for sources that read them."""
-        if self.reward_source is None:
-            raise RuntimeError(f"algorithm {self.algorithm.name!r} needs a reward source: set the module's `reward`")
-        scores = self.reward_source(prompts, completions, columns)
-        # A composite source's parts (rewards.WeightedSum), each logged on its own; a rollout
-        # that draws more prompts calls this more than once.
+        """The shared scoring (``PolicyModuleBase.reward``), and a composite source's parts
+        (rewards.WeightedSum) kept to be logged each on its own; a rollout that draws more
+        prompts calls this more than once."""
+        scores = super().reward(prompts, completions, columns)
         parts = getattr(self, "_reward_parts", None)  # None outside an online step
         for name, part in getattr(self.reward_source, "last_components", {}).items() if parts is not None else ():
             parts.setdefault(name, []).append(part.detach().float().cpu())
-        return scores.to(self.device)
+        return scores
 
     def _reward_part_means(self) -> dict[str, Tensor]:
         """``reward/<name>``: each part's mean over this rollout's scored samples (NaN, an
@@ -194,10 +176,10 @@ class OnlineMixin:
         raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_value = False: no critic was built")
 
     def rollout_forward(self, forward: Callable[[dict[str, Tensor]], RowResult], batch: dict[str, Tensor]) -> RowResult:
-        """``forward(batch)``; without grad in an online module (a rollout's scoring), in pieces
-        of ``online.rollout_rows`` rows: the whole rollout in one forward is the peak of a
+        """``forward(batch)``; without grad (a rollout's scoring), in pieces of
+        ``online.rollout_rows`` rows: the whole rollout in one forward is the peak of a
         rollout's memory on a real checkpoint. With grad the loop's micro-batches bound it."""
-        size = self.online_settings.rollout_rows if self.is_online and not torch.is_grad_enabled() else None
+        size = self.online_settings.rollout_rows if not torch.is_grad_enabled() else None
         return in_row_pieces(forward, batch, size)
 
     # -- the loop ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from lightning_rlhf.models.loading import load_tokenizer
 from lightning_rlhf.models.reward import load_reward_model, position_rewards, sequence_rewards
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.models.dropout import disable_dropout
-from lightning_rlhf.modules.policy import export_policy
+from lightning_rlhf.modules.policy_base import export_policy
 from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
 from lightning_rlhf.modules.reward_metrics import RewardMetrics, StepMetrics
 
@@ -199,8 +199,9 @@ class RewardModule(L.LightningModule):
 
 def checkpoint_module_class(path: str | Path) -> type[L.LightningModule]:
     """The module that wrote a Lightning checkpoint: RewardModule's hyperparameters name a
-    ``reward_model``, PolicyModule's a ``policy``. Reads the file memory-mapped, so
-    peeking costs nothing before the module loads it."""
+    ``reward_model``, the policy modules' a ``policy`` (OnlinePolicyModule's with an online
+    algorithm; ``PolicyModule.from_hparams`` hands such a checkpoint to it). Reads the file
+    memory-mapped, so peeking costs nothing before the module loads it."""
     from lightning_rlhf.modules.policy import PolicyModule
 
     hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})

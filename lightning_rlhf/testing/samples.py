@@ -85,8 +85,11 @@ def make_batch(kind: str, tokenizer, rows: list[dict] | None = None, max_length:
 
 def make_policy_module(algorithm: Algorithm, model: str = TINY_MODEL, **kwargs):
     from lightning_rlhf.models.config import ModelSettings
+    from lightning_rlhf.algorithm import OnlineAlgorithm
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
     from lightning_rlhf.modules.policy import PolicyModule
 
-    module = PolicyModule(ModelSettings(name_or_path=model), algorithm, **kwargs)
+    module_class = OnlinePolicyModule if isinstance(algorithm, OnlineAlgorithm) else PolicyModule
+    module = module_class(ModelSettings(name_or_path=model), algorithm, **kwargs)
     module.configure_model()
     return module

@@ -1,0 +1,119 @@
+"""OnlinePolicyModule: trains a causal LM with an online plugin (PPO, the GRPO family, RLOO,
+REINFORCE++, online DPO) on its own samples.
+
+The shared machinery (the policy, the reference, log-probs, sampling and scoring,
+checkpoints and export) is :class:`~lightning_rlhf.modules.policy_base.PolicyModuleBase`'s;
+the rollout loop, the critic and what else an online plugin may call
+(:class:`~lightning_rlhf.algorithm.OnlineContext`) are
+:class:`~lightning_rlhf.modules.online.OnlineMixin`'s. This file joins them and holds the
+online settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from torch import Tensor
+
+from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, check_data_kind
+from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.models.critic import CriticSettings
+from lightning_rlhf.models.dropout import disable_dropout
+from lightning_rlhf.modules.online import OnlineMixin, OnlineSettings
+from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.modules.policy_base import PolicyModuleBase
+from lightning_rlhf.modules.sharded import check_strategy
+from lightning_rlhf.rewards.base import RewardSource
+
+
+class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
+    def __init__(
+        self,
+        policy: ModelSettings,
+        algorithm: Algorithm,
+        reference: ModelSettings | None = None,
+        optimizer: OptimizerSettings | None = None,
+        logps_chunk_size: int = 1024,
+        compile_policy: bool = False,
+        disable_dropout: bool = True,
+        export_dir: str | None = None,
+        export_merged: bool = True,
+        reward: RewardSource | None = None,
+        critic: CriticSettings | None = None,
+        online: OnlineSettings | None = None,
+    ):
+        """
+        Args:
+            policy: the model to train
+            algorithm: the objective, a registered online plugin (``class_path: ppo``)
+            reference: the frozen reference model, for plugins that need one. Default: the
+                policy with its LoRA adapters disabled if it has them, else a frozen copy of
+                the policy's starting weights
+            optimizer: AdamW and learning-rate schedule settings
+            logps_chunk_size: positions per chunk when applying the output head
+            compile_policy: ``torch.compile`` the policy's transformer (dynamic shapes); the
+                first step pays the compilation
+            disable_dropout: turn dropout off in the policy and the critic (``nn.Dropout`` and
+                attention dropout), so policy and reference, old and new log-probs and values
+                are each computed by the same function
+            export_dir: when fit ends, save the policy here in Hugging Face format
+            export_merged: merge LoRA adapters into the exported weights (else save the adapter)
+            reward: what scores sampled text (``class_path: lightning_rlhf.rewards.RewardModelSource``,
+                ``...GoldReward``, ``...FunctionReward``)
+            critic: the value model of algorithms that need one (see ``models.critic``)
+            online: the online loop's micro-batching, clipping and sample tables
+        """
+        if not isinstance(algorithm, OnlineAlgorithm):
+            raise TypeError(f"algorithm {algorithm.name!r} is not online: train it with lightning_rlhf.PolicyModule")
+        online = online or OnlineSettings()
+        super().__init__(
+            policy, algorithm, reference, optimizer, logps_chunk_size, compile_policy, disable_dropout,
+            export_dir, export_merged, reward, online.generation_batch_size,
+            hparams={"critic": _asdict_or_none(critic), "online": _asdict_or_none(online)},
+        )
+        # Generate, score and update inside one step: manual optimisation.
+        self.automatic_optimization = False
+        self.critic_settings = critic
+        self.online_settings = online
+        self.value_model = None
+        self.value_head = None
+
+    def configure_other_models(self) -> None:
+        if self.algorithm.needs_value:
+            self.configure_critic()
+            if self.disable_dropout and self.value_model is not None:
+                # V_old (rollout) and V (update) must be the same function of the weights
+                disable_dropout(self.value_model)
+
+    @classmethod
+    def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
+        return {**super().arguments_from_hparams(hparams), "critic": _critic_from_dict(hparams.get("critic")),
+                "online": OnlineSettings(**hparams["online"]) if hparams.get("online") else None}
+
+    def setup(self, stage: str) -> None:
+        check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
+        check_strategy(self.trainer.strategy, online=True, export_dir=self.export_dir)
+
+    # -- the loop (modules/online.py) -----------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        return self.online_training_step(batch, batch_idx)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        return self.online_validation_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return self.configure_online_optimizers()
+
+
+def _asdict_or_none(settings) -> dict | None:
+    return asdict(settings) if settings else None
+
+
+def _critic_from_dict(values: dict | None) -> CriticSettings | None:
+    if not values:
+        return None
+    values = dict(values)
+    if values.get("model"):
+        values["model"] = ModelSettings.from_dict(values["model"])
+    return CriticSettings(**values)

@@ -1,0 +1,342 @@
+"""What the offline and the online policy modules share: the policy, the frozen reference,
+log-probabilities, sampling and scoring, checkpoints and export.
+
+:class:`~lightning_rlhf.modules.policy.PolicyModule` (offline objectives and self-training)
+and :class:`~lightning_rlhf.modules.online_policy.OnlinePolicyModule` (rollouts) add their
+loop to this base; neither branches on the other's kind of algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_rlhf.algorithm import Algorithm, SequenceLogps, algorithm_spec
+from lightning_rlhf.data import shared_prompt
+from lightning_rlhf.engine import HFEngine, RolloutEngine, SamplingSettings
+from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.models.dropout import disable_dropout
+from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
+from lightning_rlhf.modules.online import reward_spec
+from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.modules.sharded import full_weights, loading_into_shards
+from lightning_rlhf.ops import completion_index, logit_multiplier, selective_logps, selective_logps_entropy
+from lightning_rlhf.reference_cache import BATCH_KEY as CACHED_REFERENCE, ReferenceCache
+from lightning_rlhf.rewards.base import RewardSource
+from lightning_rlhf.rollout import Rollout, generate_rollout
+
+log = logging.getLogger(__name__)
+
+REFERENCE_PREFIX = "reference_model."
+
+
+class PolicyModuleBase(L.LightningModule):
+    """The policy and what both policy modules lend a plugin; subclasses add the loop."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Here, not on a subclass: jsonargparse reads a class's own ``__new__`` as its
+        # signature, and each module's recipe keys are its ``__init__``'s.
+        algorithm = kwargs["algorithm"] if "algorithm" in kwargs else args[1] if len(args) > 1 else None
+        target = cls._hand_over(algorithm)
+        return target(*args, **kwargs) if target is not None else super().__new__(cls)
+
+    @classmethod
+    def _hand_over(cls, algorithm: Algorithm | None) -> type[PolicyModuleBase] | None:
+        """The class that builds a module asked of ``cls`` with ``algorithm`` instead (None: ``cls``)."""
+        return None
+
+    def __init__(
+        self,
+        policy: ModelSettings,
+        algorithm: Algorithm,
+        reference: ModelSettings | None,
+        optimizer: OptimizerSettings | None,
+        logps_chunk_size: int,
+        compile_policy: bool,
+        disable_dropout: bool,
+        export_dir: str | None,
+        export_merged: bool,
+        reward: RewardSource | None,
+        generation_batch_size: int,
+        hparams: dict[str, Any],
+    ):
+        """The arguments are the subclasses' (documented there); ``hparams``: the subclass's
+        own settings as plain data, stored with the shared ones for checkpoints."""
+        super().__init__()
+        # Plain data only, so a checkpoint loads with torch.load(weights_only=True) and the
+        # run config in W&B reads like the recipe.
+        self.save_hyperparameters(
+            {
+                "policy": asdict(policy),
+                "algorithm": algorithm_spec(algorithm),
+                "reference": asdict(reference) if reference else None,
+                "optimizer": asdict(optimizer or OptimizerSettings()),
+                "logps_chunk_size": logps_chunk_size,
+                "compile_policy": compile_policy,
+                "disable_dropout": disable_dropout,
+                "export_dir": export_dir,
+                "export_merged": export_merged,
+                "reward": reward_spec(reward),
+                **hparams,
+            }
+        )
+        self.policy_settings = policy
+        self.reference_settings = reference
+        self.algorithm = algorithm
+        self.optimizer_settings = optimizer or OptimizerSettings()
+        self.logps_chunk_size = logps_chunk_size
+        self.compile_policy = compile_policy
+        self._compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (decoder, its compiled form)
+        self.reference_cache: ReferenceCache | None = None  # set when fit starts, or from a checkpoint
+        self.disable_dropout = disable_dropout
+        self.export_dir, self.export_merged = export_dir, export_merged
+        self.tokenizer = load_tokenizer(policy)
+        self.policy: torch.nn.Module | None = None
+        self.reference_model: torch.nn.Module | None = None
+        self.reward_source = reward
+        self.generation_batch_size = generation_batch_size
+        self.rollout_engine: RolloutEngine | None = None  # built at the first generate (see lightning_rlhf.engine)
+        self._generation_seconds, self._generated_tokens = 0.0, 0
+
+    # -- models -------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        with loading_into_shards(self._trainer):  # DeepSpeed ZeRO-3 partitions weights as they load
+            self.policy = load_causal_lm(self.policy_settings, trainable=True)
+            self.policy.train()
+            if self.disable_dropout:
+                disable_dropout(self.policy)
+            if self.algorithm.needs_reference and not self.uses_adapter_reference:
+                # A frozen submodule (requires_grad False, eval mode, not in the optimiser): a
+                # strategy shards or replicates it with the policy (see modules.sharded).
+                settings = self.reference_settings or self.policy_settings
+                self.reference_model = load_causal_lm(settings, trainable=False)
+            self.configure_other_models()
+
+    def configure_other_models(self) -> None:
+        """Models beside the policy and the reference (the online module's critic)."""
+
+    @classmethod
+    def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
+        """The constructor arguments of the shared settings, from a checkpoint's hyperparameters."""
+        from lightning_rlhf.registry import create_algorithm_from_spec
+
+        return dict(
+            policy=ModelSettings.from_dict(hparams["policy"]),
+            algorithm=create_algorithm_from_spec(hparams["algorithm"]),
+            reference=ModelSettings.from_dict(hparams["reference"]) if hparams.get("reference") else None,
+            optimizer=OptimizerSettings(**hparams["optimizer"]),
+            logps_chunk_size=hparams["logps_chunk_size"],
+            compile_policy=hparams.get("compile_policy", False),
+            disable_dropout=hparams["disable_dropout"],
+            export_dir=hparams.get("export_dir"),
+            export_merged=hparams.get("export_merged", True),
+            reward=_reward_from_spec(hparams.get("reward")),
+        )
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> PolicyModuleBase:
+        """Rebuild a module from the hyperparameters stored in its checkpoint."""
+        return cls(**cls.arguments_from_hparams(hparams))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> PolicyModuleBase:
+        """Load a module, weights included, from a Lightning checkpoint."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        module = cls.from_hparams(checkpoint["hyper_parameters"])
+        module.configure_model()
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module
+
+    @classmethod
+    def policy_from_checkpoint(cls, path: str | Path) -> PolicyModuleBase:
+        """The module with its trained policy alone, for ``export``: the reference, the
+        critic and the reward source are not loaded (export writes none of them)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        module = cls.from_hparams({**checkpoint["hyper_parameters"], "reward": None, "critic": None})
+        module.policy = load_causal_lm(module.policy_settings, trainable=True)  # LoRA wrapped as it was trained
+        prefix = "policy."
+        module.policy.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+        return module
+
+    @property
+    def uses_adapter_reference(self) -> bool:
+        """The reference is the policy with adapters off: no second copy in memory."""
+        return self.reference_settings is None and self.policy_settings.lora is not None
+
+    # -- what plugins may use -------------------------------------------------------------
+    def policy_logps(self, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
+        """``temperature``: score under ``softmax(logits / T)``, the distribution sampled from;
+        ``entropy``: also each position's entropy (chunked, no ``[N, T, V]`` kept)."""
+        return self.rollout_forward(lambda piece: self._logps(self.policy, piece, temperature, entropy), batch)
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, Tensor], temperature: float = 1.0) -> SequenceLogps:
+        if not self.algorithm.needs_reference:
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_reference = False")
+        cached = batch.get(CACHED_REFERENCE)  # put in the batch by the data loader
+        if cached is not None and temperature == 1.0:
+            return SequenceLogps(cached, batch["completion_mask"][:, 1:])
+        if self.reference_model is None and not self.uses_adapter_reference:
+            self.reference_model = self._reload_reference()  # released after caching; needed again
+        return self.rollout_forward(lambda piece: self._reference_forward(piece, temperature), batch)
+
+    def rollout_forward(self, forward, batch: dict[str, Tensor]):
+        """``forward(batch)``: the online module runs a rollout's scoring in pieces of rows."""
+        return forward(batch)
+
+    def generate(self, prompt_ids, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64) -> Rollout:
+        """One sampled completion per prompt, in the training layout (timed for the metrics)."""
+        start = time.perf_counter()
+        if self.rollout_engine is None:
+            self.rollout_engine = HFEngine(self.policy, self.tokenizer, self.generation_batch_size)
+        settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device)
+        self._generation_seconds += time.perf_counter() - start
+        self._generated_tokens += int(rollout.lengths.sum())
+        return rollout
+
+    def reward(self, prompts: list[str], completions: list[str], columns: list[dict] | None = None) -> Tensor:
+        """Scores of the text from the module's reward source, ``[N]`` on the module's device;
+        ``columns``: each prompt row's other columns, for sources that read them."""
+        if self.reward_source is None:
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} needs a reward source: set the module's `reward`")
+        return self.reward_source(prompts, completions, columns).to(self.device)
+
+    def _reference_forward(self, batch: dict[str, Tensor], temperature: float) -> SequenceLogps:
+        if self.reference_model is not None:
+            return self._logps(self.reference_model, batch, temperature)
+        with self.policy.disable_adapter():
+            return self._logps(self.policy, batch, temperature)
+
+    def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor], temperature: float = 1.0, entropy: bool = False) -> SequenceLogps:
+        hf_model = unwrap(model)
+        decoder = self._decoder(model, hf_model)
+        # Models that scale their logits in forward (Cohere, Granite) sample from the scaled
+        # ones; scaling by s is dividing by a temperature of 1/s (neither has a softcap).
+        temperature = temperature / logit_multiplier(hf_model.config)
+        shared = shared_prompt.model_inputs(hf_model, batch) if temperature == 1.0 and not entropy else None
+        if shared is not None:  # each pair in one row, the prompt once (data.shared_prompt)
+            hidden = decoder(**shared, use_cache=False).last_hidden_state
+        else:
+            # Every batch here is right-padded (data.collate), so causal attention never lets a
+            # real token see the padding after it, and positions count from 0 either way: the
+            # mask changes nothing the loss reads. Without it the model builds no mask, takes
+            # the fused causal attention kernel, and skips transformers' host-side check of
+            # the mask (`mask.all()`, a device sync at every forward).
+            hidden = decoder(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        index = batch.get("logp_index")
+        if index is None:
+            index = completion_index(batch["completion_mask"])
+        softcap = getattr(hf_model.config, "final_logit_softcapping", None)
+        mask = batch["completion_mask"][:, 1:]
+        if temperature != 1.0 or entropy:
+            token_logps, token_entropy = selective_logps_entropy(
+                hidden, batch["input_ids"], index, hf_model.get_output_embeddings(),
+                chunk_size=self.logps_chunk_size, logit_softcap=softcap, temperature=temperature,
+            )
+            return SequenceLogps(token_logps, mask, token_entropy if entropy else None)
+        token_logps = selective_logps(
+            hidden,
+            batch["input_ids"],
+            index,
+            hf_model.get_output_embeddings(),
+            chunk_size=self.logps_chunk_size,
+            logit_softcap=softcap,
+            hidden_index=batch[shared_prompt.PREFIX + "index"] if shared is not None else None,
+        )
+        return SequenceLogps(token_logps, mask)
+
+    def _decoder(self, model: torch.nn.Module, hf_model) -> torch.nn.Module:
+        """The transformer under the head; compiled for the policy with ``compile_policy`` (the
+        reference runs once per example when cached, where compiling would not pay)."""
+        decoder = hf_model.get_decoder()
+        if not self.compile_policy or model is not self.policy:
+            return decoder
+        if self._compiled is None or self._compiled[0] is not decoder:
+            self._compiled = (decoder, torch.compile(decoder, dynamic=True))
+        return self._compiled[1]
+
+    # -- the fit --------------------------------------------------------------------------
+    def _reload_reference(self) -> torch.nn.Module:
+        model = load_causal_lm(self.reference_settings or self.policy_settings, trainable=False)
+        if self._trainer is not None:
+            model = self.trainer.precision_plugin.convert_module(model)
+        return model.to(self.device)
+
+    def on_train_start(self) -> None:
+        if self.reference_model is not None:
+            self.reference_model.eval()
+
+    def on_fit_end(self) -> None:
+        if not self.export_dir:
+            return
+        with full_weights(self.trainer, self.policy):  # every process takes part in gathering shards
+            if self.trainer.is_global_zero:
+                self.save_pretrained(self.export_dir, merged=self.export_merged)
+
+    # -- checkpoints and export ----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The frozen reference is rebuilt from its settings; storing it would double the file.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
+            del state[key]
+        if callable(getattr(self.algorithm, "state_dict", None)):  # PPO's adaptive KL coefficient, a self-training phase
+            checkpoint["algorithm_state"] = self.algorithm.state_dict()
+        if self.reference_cache is not None:  # a resumed run reuses it instead of recomputing
+            checkpoint["reference_cache"] = self.reference_cache.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "algorithm_state" in checkpoint:
+            if not callable(getattr(self.algorithm, "load_state_dict", None)):
+                raise ValueError(f"the checkpoint holds state for the algorithm, but {type(self.algorithm).__name__} "
+                                 "has no load_state_dict()")
+            self.algorithm.load_state_dict(checkpoint["algorithm_state"])
+        if "reference_cache" in checkpoint:
+            self.reference_cache = ReferenceCache.from_state_dict(checkpoint["reference_cache"])
+        if self.reference_model is not None:
+            for key, value in self.reference_model.state_dict().items():
+                checkpoint["state_dict"].setdefault(REFERENCE_PREFIX + key, value)
+
+    def save_pretrained(self, directory: str | Path, merged: bool = True) -> Path:
+        """Write the policy in Hugging Face format, loadable by ``from_pretrained``."""
+        return export_policy(self.policy, self.tokenizer, directory, merged)
+
+
+def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merged: bool = True) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model) and merged:
+        import copy
+
+        if getattr(unwrap(model), "is_loaded_in_4bit", False):
+            raise ValueError("cannot merge LoRA into 4-bit weights here; export the adapter (merged: false)")
+        merged_model = copy.deepcopy(model).merge_and_unload()
+        merged_model.save_pretrained(directory, safe_serialization=True)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    log.info("exported the policy to %s", directory)
+    return directory
+
+
+def _reward_from_spec(spec: dict | None) -> RewardSource | None:
+    from lightning_rlhf.rewards.spec import load_reward_source
+
+    return load_reward_source(spec) if spec else None
+
+
+# The frozen reference is in eval mode on purpose, and a run without validation data
+# returns no validation loader; Lightning warns about both.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
