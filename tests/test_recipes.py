@@ -17,6 +17,9 @@ class ParseOnlyCLI(RLHFCLI):
     """Parses and validates a recipe without loading any model (real-model recipes name
     hub models this machine cannot download)."""
 
+    def before_instantiate_classes(self) -> None:
+        pass  # finding the data files belongs to a run: real-model recipes name data this machine lacks
+
     def instantiate_classes(self) -> None:
         pass
 
