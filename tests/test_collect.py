@@ -61,10 +61,13 @@ def test_rankings_round_trip_through_the_ranking_data_module(tmp_path, tiny_toke
     assert [row["ranks"] for row in module.train_rows] == [[0, 1, 2], [0, 1, 2]]
 
 
-def test_label_command_end_to_end(tmp_path, tiny_tokenizer, capsys):
+def test_label_command_end_to_end(tmp_path, tiny_tokenizer, capsys, monkeypatch):
+    import sys
+
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": p} for p in PROMPTS])
     out = tmp_path / "pairs.jsonl"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # progress bars draw on a terminal
     # tests/ is on sys.path under pytest, so this module's reward function imports by name.
     assert label_command(["--policy", "builtin:tiny-llama", "--prompts", str(prompts), "--k", "3",
                           "--reward", "test_collect.count_vowels", "--output", str(out),
@@ -77,6 +80,16 @@ def test_label_command_end_to_end(tmp_path, tiny_tokenizer, capsys):
     assert summary["rows"] + summary["skipped_ties"] + summary["skipped_small_gap"] == 3
     for row in written:
         assert count_vowels(None, [row["chosen"]])[0] - count_vowels(None, [row["rejected"]])[0] == row["margin"] > 0
+
+
+def test_progress_is_quiet_when_the_output_is_not_a_terminal(capsys):
+    from lightning_rlhf.collect import load_policy
+    from lightning_rlhf.generation import sample
+
+    model, tokenizer = load_policy("builtin:tiny-llama")
+    capsys.readouterr()
+    sample(model, tokenizer, ["a"], n=2, max_new_tokens=2, progress="sampling for a log file")
+    assert "sampling for a log file" not in capsys.readouterr().err
 
 
 def test_prompt_file_errors_name_the_row(tmp_path):
