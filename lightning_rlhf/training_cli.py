@@ -47,6 +47,8 @@ def resolve_plugin_names(value: Any, key: str = "") -> Any:
             warnings.warn(f"{key or 'model'}.class_path: {class_path} trains offline algorithms; this recipe's is online, "
                           "so lightning_rlhf.OnlinePolicyModule trains it (write that class_path in the recipe)", FutureWarning)
             value["class_path"] = "lightning_rlhf.OnlinePolicyModule"
+        elif class_path in _POLICY_MODULE:
+            _move_generation_batch_size(value, key or "model")
         return value
     if isinstance(value, str) and _is_algorithm_key(key):
         return algorithm_class_path(value, key)
@@ -84,6 +86,17 @@ def _trains_online(module: dict) -> bool:
     except (ImportError, AttributeError):
         return False  # jsonargparse reports it
     return isinstance(cls, type) and issubclass(cls, OnlineAlgorithm)
+
+
+def _move_generation_batch_size(module: dict, key: str) -> None:
+    """Self-training recipes written before the split set the Grow phase's batch under
+    ``online: {generation_batch_size: N}``; PolicyModule now takes it directly."""
+    init_args = module.get("init_args")
+    online = init_args.get("online") if isinstance(init_args, dict) else None
+    if isinstance(online, dict) and set(online) == {"generation_batch_size"}:
+        warnings.warn(f"{key}.init_args.online.generation_batch_size is now {key}.init_args.generation_batch_size "
+                      "(write it there in the recipe)", FutureWarning)
+        init_args["generation_batch_size"] = init_args.pop("online")["generation_batch_size"]
 
 
 def _is_algorithm_key(key: str) -> bool:

@@ -155,3 +155,26 @@ def test_an_old_online_recipe_naming_policy_module_trains_online(tmp_path):
     with pytest.warns(FutureWarning, match="lightning_rlhf.OnlinePolicyModule trains it"):
         cli = RLHFCLI(args=["--config", str(recipe), "--trainer.logger", "false"], run=False)
     assert type(cli.model) is OnlinePolicyModule
+
+
+def test_an_old_self_training_recipe_keeps_its_grow_batch(tmp_path):
+    """Before the split, a self-training recipe set ``online: {generation_batch_size: N}``;
+    it still parses, with a warning, and the batch reaches PolicyModule."""
+    from pathlib import Path
+
+    from lightning_rlhf.training_cli import RLHFCLI
+
+    recipe = tmp_path / "rest.yaml"
+    text = Path("recipes/rest/toyworld.yaml").read_text()
+    assert "    generation_batch_size: 256" in text
+    recipe.write_text(text.replace("    generation_batch_size: 256", "    online: {generation_batch_size: 96}"))
+    class ParseOnly(RLHFCLI):  # the toy world's model and data are not built here
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    with pytest.warns(FutureWarning, match="online.generation_batch_size is now model.init_args.generation_batch_size"):
+        cli = ParseOnly(args=["--config", str(recipe)], run=False)
+    assert cli.config.model.init_args.generation_batch_size == 96
