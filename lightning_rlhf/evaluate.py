@@ -50,7 +50,7 @@ def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) 
     return float(((policy > reference).double() + 0.5 * (policy == reference).double()).mean())
 
 
-def kl_estimate(policy_logps: Sequence[float], reference_logps: Sequence[float]) -> float:
+def sequence_kl(policy_logps: Sequence[float], reference_logps: Sequence[float]) -> float:
     """mean_i [log pi(y_i) - log pi_ref(y_i)] over samples y_i ~ pi, each log-prob the
     sum over the sample's tokens: the Monte-Carlo estimate of KL(pi || pi_ref)."""
     policy, reference = torch.as_tensor(policy_logps, dtype=torch.float64), torch.as_tensor(reference_logps, dtype=torch.float64)
@@ -94,7 +94,7 @@ def evaluate_models(
     kl = None
     if same_vocabulary(policy_tokenizer, reference_tokenizer):
         tokens = [s.token_ids for s in policy_samples]
-        kl = kl_estimate(
+        kl = sequence_kl(
             sequence_logps(policy, policy_tokenizer, sample_prompts, tokens, batch_size).tolist(),
             sequence_logps(reference, policy_tokenizer, sample_prompts, tokens, batch_size).tolist(),
         )

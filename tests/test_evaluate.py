@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_rlhf.evaluate import evaluate_models, format_report, kl_estimate, win_rate
+from lightning_rlhf.evaluate import evaluate_models, format_report, sequence_kl, win_rate
 from lightning_rlhf.rewards.base import FunctionReward
 
 
@@ -14,10 +14,10 @@ def test_win_rate_counts_ties_as_half():
 
 def test_kl_estimate_is_the_mean_log_ratio_of_sequences():
     # log pi - log pi_ref per sample: (-3 - -5) = 2, (-10 - -9) = -1, (-4 - -4) = 0 -> mean 1/3
-    assert kl_estimate([-3.0, -10.0, -4.0], [-5.0, -9.0, -4.0]) == pytest.approx(1 / 3)
+    assert sequence_kl([-3.0, -10.0, -4.0], [-5.0, -9.0, -4.0]) == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("function", [win_rate, kl_estimate])
+@pytest.mark.parametrize("function", [win_rate, sequence_kl])
 def test_mismatched_or_empty_inputs_are_errors(function):
     with pytest.raises(ValueError):
         function([1.0, 2.0], [1.0])
