@@ -243,6 +243,8 @@ class OutageCheckpoint(Callback):
         if self._rng_to_restore is not None:
             restore_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+        if getattr(pl_module, "reward_source", None) is None:
+            return  # a module that scores nothing waits on no server: no snapshot at every step
         algorithm = getattr(pl_module, "algorithm", None)
         has_state = callable(getattr(algorithm, "state_dict", None))
         self._before_batch = {
