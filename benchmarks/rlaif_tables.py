@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from lightning_rlhf.cpu import cpu_capability
-from lightning_rlhf.pipeline import format_figure
+from lightning_rlhf.pipeline_report import format_figure
 from lightning_rlhf.stats import mean_interval
 
 

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from lightning_rlhf.cpu import cpu_capability
-from lightning_rlhf.pipeline import format_figure, parse_pipeline, run_pipeline, summarize_evaluations
+from lightning_rlhf.pipeline import parse_pipeline, run_pipeline, summarize_evaluations
+from lightning_rlhf.pipeline_report import format_figure
 from lightning_rlhf.stats import Interval, mean_interval, rerun_interval
 
 OBJECTIVES = ("dpo", "ipo", "simpo", "orpo", "cpl", "kto", "cpl_ranking")

@@ -159,6 +159,9 @@ def label_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--k", type=int, default=4, help="completions sampled per prompt (>= 2)")
     parser.add_argument("--mode", choices=MODES, default="best-worst", help="pairs or K-wise rankings")
+    parser.add_argument("--pairs-output", default=None,
+                        help="with --mode ranking: also write the best-worst pairs of the same scored samples here "
+                        "(a reward model on the rankings and DPO on the pairs then see the same labels)")
     parser.add_argument("--min-gap", type=float, default=0.0, help="a pair needs a score difference above this")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     add_sampling_arguments(parser)
@@ -173,6 +176,8 @@ def label_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.k < 2:
         parser.error("--k must be at least 2: a preference needs two completions")
+    if args.pairs_output and args.mode != "ranking":
+        parser.error("--pairs-output goes with --mode ranking (the other modes write pairs to --output)")
 
     started = time.perf_counter()
     prompts, columns = read_prompt_rows(args.prompts, args.limit)
@@ -197,6 +202,11 @@ def label_command(argv: list[str]) -> int:
         scores = [flat_scores[i * args.k : (i + 1) * args.k] for i in range(len(prompts))]
     rows, summary = preference_rows(prompts, completions, scores, args.mode, args.min_gap)
     write_jsonl(args.output, rows)
-    summary.extra = {"output": args.output, "mode": args.mode, "k": args.k, "annotator": args.judge or args.reward, "seconds": round(time.perf_counter() - started, 1)}
+    if args.pairs_output:
+        pairs, pair_summary = preference_rows(prompts, completions, scores, "best-worst", args.min_gap)
+        write_jsonl(args.pairs_output, pairs)
+        summary.extra["pairs"] = {"output": args.pairs_output, "rows": pair_summary.rows, "mean_margin": pair_summary.mean_margin}
+    summary.extra |= {"output": args.output, "mode": args.mode, "k": args.k, "annotator": args.judge or args.reward,
+                      "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(asdict(summary)))
     return 0

@@ -32,6 +32,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -67,29 +68,71 @@ def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
     return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
 
 
+@dataclass
+class ReferenceSide:
+    """What an evaluation draws from the reference alone: its samples and their scores, and
+    the best-of-n pool. Every policy compared with the same reference, prompts, settings
+    and rewards shares it, so a pipeline evaluating several methods samples it once (the
+    same seed gives the same samples, so sharing changes no number)."""
+
+    samples: list
+    scores: list[float]
+    proxy_scores: list[float] | None
+    best_of_n: dict | None
+
+
+def sample_reference(
+    reference, reference_tokenizer, prompts: list[str], reward, settings: dict, columns: list[dict],
+    proxy_reward=None, best_of_n: Sequence[int] = (), selection_reward=None,
+) -> ReferenceSide:
+    from lightning_rlhf.generation import sample
+
+    samples = [s for group in sample(reference, reference_tokenizer, prompts, **settings, progress="evaluate: reference") for s in group]
+    sample_prompts, sample_columns = _per_sample(prompts, columns, settings["n"])
+    texts = [s.text for s in samples]
+    scores = reward(sample_prompts, texts, sample_columns).tolist()
+    proxy_scores = None if proxy_reward is None else proxy_reward(sample_prompts, texts, sample_columns).tolist()
+    pool = None
+    if best_of_n:
+        from lightning_rlhf.best_of_n import scores_matrix
+
+        pool = evaluate_best_of_n(
+            reference, reference_tokenizer, prompts, reward, selection_reward or reward, best_of_n,
+            scores_matrix(scores, len(prompts)), {**settings, "seed": settings["seed"] + 1}, columns, proxy_reward,
+        )
+    return ReferenceSide(samples, scores, proxy_scores, pool)
+
+
+def _per_sample(prompts: list[str], columns: list[dict], samples: int) -> tuple[list[str], list[dict]]:
+    return [p for p in prompts for _ in range(samples)], [row for row in columns for _ in range(samples)]
+
+
 def evaluate_models(
     policy, policy_tokenizer, reference, reference_tokenizer, prompts: list[str], reward,
     samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
     batch_size: int = 64, seed: int = 0, best_of_n: Sequence[int] = (), selection_reward=None,
-    columns: list[dict] | None = None, judge=None,
+    columns: list[dict] | None = None, judge=None, proxy_reward=None, reference_side: ReferenceSide | None = None,
 ) -> dict:
     """Sample, score and compare; returns the report as a plain dict (see module docstring).
 
     ``best_of_n``: the n of best-of-n rows from the reference, selected by
     ``selection_reward`` (None: ``reward``). ``columns``: each prompt row's other columns,
     for rewards that read them (a reference ``answer``). ``judge``: a ``PairwiseJudge`` whose
-    win rate is reported too."""
+    win rate is reported too. ``proxy_reward``: a second reward (the reward model a policy
+    was trained against) whose means are reported beside the evaluation reward's, so
+    over-optimisation shows. ``reference_side``: the reference's part, already drawn by
+    :func:`sample_reference` with these same arguments."""
     from lightning_rlhf.generation import sample, sequence_logps
 
     settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    policy_samples = [s for group in sample(policy, policy_tokenizer, prompts, **settings, progress="evaluate: policy") for s in group]
-    reference_samples = [s for group in sample(reference, reference_tokenizer, prompts, **settings, progress="evaluate: reference")
-                         for s in group]
-    sample_prompts = [p for p in prompts for _ in range(samples)]
     columns = columns or [{} for _ in prompts]
-    sample_columns = [row for row in columns for _ in range(samples)]
+    if reference_side is None:
+        reference_side = sample_reference(reference, reference_tokenizer, prompts, reward, settings, columns,
+                                          proxy_reward, best_of_n, selection_reward)
+    policy_samples = [s for group in sample(policy, policy_tokenizer, prompts, **settings, progress="evaluate: policy") for s in group]
+    reference_samples, reference_scores = reference_side.samples, reference_side.scores
+    sample_prompts, sample_columns = _per_sample(prompts, columns, samples)
     policy_scores = reward(sample_prompts, [s.text for s in policy_samples], sample_columns).tolist()
-    reference_scores = reward(sample_prompts, [s.text for s in reference_samples], sample_columns).tolist()
 
     kl = None
     if same_vocabulary(policy_tokenizer, reference_tokenizer):
@@ -127,19 +170,16 @@ def evaluate_models(
             for i in range(min(EXAMPLES, len(sample_prompts)))
         ],
     }
+    if proxy_reward is not None:
+        report["policy"]["mean_proxy_reward"] = mean(proxy_reward(sample_prompts, [s.text for s in policy_samples], sample_columns).tolist())
+        report["reference"]["mean_proxy_reward"] = mean(reference_side.proxy_scores)
     if judge is not None:
         preferred = judge.probability_first_better(sample_prompts, [s.text for s in policy_samples],
                                                    [s.text for s in reference_samples])
         report["judge"] = {"win_rate": float(preferred.double().mean()), "agreement_with_reward": judge_agreement(
             preferred.tolist(), policy_scores, reference_scores)}
-    if best_of_n:
-        from lightning_rlhf.best_of_n import scores_matrix
-
-        reference_matrix = scores_matrix(reference_scores, len(prompts))
-        report["best_of_n"] = evaluate_best_of_n(
-            reference, reference_tokenizer, prompts, reward, selection_reward or reward, best_of_n, reference_matrix,
-            {**settings, "seed": seed + 1}, columns,
-        )
+    if reference_side.best_of_n is not None:
+        report["best_of_n"] = dict(reference_side.best_of_n)
     return report
 
 
@@ -151,21 +191,30 @@ def judge_agreement(preferred: Sequence[float], policy_scores: Sequence[float], 
 
 
 def evaluate_best_of_n(model, tokenizer, prompts: list[str], reward, selection_reward, ns: Sequence[int],
-                       reference_scores: torch.Tensor, settings: dict, columns: list[dict]) -> dict:
-    """Best-of-n rows from ``max(ns)`` fresh samples per prompt of ``model`` (the reference)."""
-    from lightning_rlhf.best_of_n import best_of_n_rows, scores_matrix
+                       reference_scores: torch.Tensor, settings: dict, columns: list[dict], proxy_reward=None) -> dict:
+    """Best-of-n rows from ``max(ns)`` fresh samples per prompt of ``model`` (the reference);
+    with ``proxy_reward``, each row also gives the proxy's mean score of the picked samples."""
+    from lightning_rlhf.best_of_n import best_of_n_choice, best_of_n_rows, scores_matrix
     from lightning_rlhf.generation import sample
 
     started = time.perf_counter()
     n_max = max(ns)
     texts = [s.text for group in sample(model, tokenizer, prompts, **{**settings, "n": n_max}, progress=f"best-of-{n_max}: reference") for s in group]
-    pool_prompts = [p for p in prompts for _ in range(n_max)]
-    pool_columns = [row for row in columns for _ in range(n_max)]
-    evaluation = scores_matrix(reward(pool_prompts, texts, pool_columns).tolist(), len(prompts))
-    selection = evaluation if selection_reward is reward else \
-        scores_matrix(selection_reward(pool_prompts, texts, pool_columns).tolist(), len(prompts))
+    pool_prompts, pool_columns = _per_sample(prompts, columns, n_max)
+
+    def scores(source):
+        return scores_matrix(source(pool_prompts, texts, pool_columns).tolist(), len(prompts))
+
+    evaluation = scores(reward)
+    selection = evaluation if selection_reward is reward else scores(selection_reward)
+    rows = best_of_n_rows(selection, evaluation, reference_scores, ns)
+    if proxy_reward is not None:
+        proxy = selection if proxy_reward is selection_reward else scores(proxy_reward)
+        for row in rows:
+            picked = best_of_n_choice(selection, row["n"])
+            row["mean_proxy_reward"] = float(proxy.gather(1, picked[:, None]).mean())
     return {
-        "rows": best_of_n_rows(selection, evaluation, reference_scores, ns),
+        "rows": rows,
         "samples_per_prompt": n_max,
         "seed": settings["seed"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -178,6 +227,10 @@ def format_report(report: dict, policy_name: str = "policy", reference_name: str
     rows = [
         ("", reference_name, policy_name),
         ("mean reward", f"{report['reference']['mean_reward']:+.3f}", f"{report['policy']['mean_reward']:+.3f}"),
+    ]
+    if "mean_proxy_reward" in report["policy"]:
+        rows.append(("mean proxy reward", f"{report['reference']['mean_proxy_reward']:+.3f}", f"{report['policy']['mean_proxy_reward']:+.3f}"))
+    rows += [
         ("mean length (tokens)", f"{report['reference']['mean_length']:.1f}", f"{report['policy']['mean_length']:.1f}"),
         ("win rate vs reference", "-", f"{report['win_rate']:.1%}"),
         ("KL(policy || reference)", "-", kl),
@@ -218,6 +271,9 @@ def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> 
         "eval/policy_length": report["policy"]["mean_length"],
         "eval/reference_length": report["reference"]["mean_length"],
     }
+    if "mean_proxy_reward" in report["policy"]:
+        metrics["eval/policy_proxy_reward"] = report["policy"]["mean_proxy_reward"]
+        metrics["eval/reference_proxy_reward"] = report["reference"]["mean_proxy_reward"]
     if report["kl"] is not None:
         metrics["eval/kl"] = report["kl"]
     if report.get("judge"):
@@ -254,13 +310,19 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         help="also report best-of-n from the reference for these n (e.g. 2,4,8,16,32)")
     parser.add_argument("--best-of-n-reward", default=None,
                         help="reward source that picks the best of n (default: --reward); a proxy such as a reward model")
+    parser.add_argument("--proxy-reward", default=None,
+                        help="also report each model's mean score by this reward source: the reward model a policy "
+                        "was trained against, beside the evaluation reward, so over-optimisation shows")
     parser.add_argument("--judge", default=None, help="also report the win rate a pairwise LLM judge gives: a model "
                         "(directory, hub id, builtin:<name>) or a .yaml spec of lightning_rlhf.rewards.PairwiseJudge")
     add_sampling_arguments(parser)
     return parser
 
 
-def evaluate_command(argv: list[str]) -> int:
+def evaluate_command(argv: list[str], reference_memo: dict | None = None) -> int:
+    """``reference_memo``: a dict kept across calls (a pipeline's) in which the reference's
+    samples and scores are kept, so evaluations against the same reference, prompts,
+    settings and rewards draw them once."""
     from lightning_rlhf.collect import load_policy, read_prompt_rows
     from lightning_rlhf.rewards.spec import load_reward_source
 
@@ -278,7 +340,10 @@ def evaluate_command(argv: list[str]) -> int:
     started = time.perf_counter()
     prompts, columns = read_prompt_rows(args.prompts, args.limit)
     reward = load_reward_source(args.reward)
-    selection_reward = load_reward_source(args.best_of_n_reward) if args.best_of_n_reward else None
+    proxy_reward = load_reward_source(args.proxy_reward) if args.proxy_reward else None
+    selection_reward = None
+    if args.best_of_n_reward:
+        selection_reward = proxy_reward if args.best_of_n_reward == args.proxy_reward else load_reward_source(args.best_of_n_reward)
     judge = None
     if args.judge:
         from lightning_rlhf.rewards.judge import load_judge
@@ -286,17 +351,27 @@ def evaluate_command(argv: list[str]) -> int:
         judge = load_judge(args.judge)
     policy, policy_tokenizer = load_policy(args.policy)
     reference, reference_tokenizer = load_policy(args.reference)
+    settings = dict(n=args.samples, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size, seed=args.seed)
+    memo_key = json.dumps([args.reference, args.prompts, args.limit, settings, args.reward, args.proxy_reward,
+                           best_of_n, args.best_of_n_reward])
+    reference_side = None if reference_memo is None else reference_memo.get(memo_key)
+    if reference_side is None:
+        reference_side = sample_reference(reference, reference_tokenizer, prompts, reward, settings, columns,
+                                          proxy_reward, best_of_n, selection_reward)
+        if reference_memo is not None:
+            reference_memo[memo_key] = reference_side
     report = evaluate_models(
         policy, policy_tokenizer, reference, reference_tokenizer, prompts, reward,
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-        best_of_n=best_of_n, selection_reward=selection_reward, columns=columns, judge=judge,
+        columns=columns, judge=judge, proxy_reward=proxy_reward, reference_side=reference_side,
     )
     if best_of_n:
         report["best_of_n"]["selection_reward"] = args.best_of_n_reward or args.reward
     if judge is not None:
         report["judge"]["spec"] = args.judge
-    report.update(policy_name=args.policy, reference_name=args.reference, reward=args.reward,
+    report.update(policy_name=args.policy, reference_name=args.reference, reward=args.reward, proxy_reward=args.proxy_reward,
                   seconds=round(time.perf_counter() - started, 1))
     print(format_report(report, args.policy_label, args.reference_label))
     if args.output:

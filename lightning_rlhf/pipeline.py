@@ -43,16 +43,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from lightning_rlhf.cpu import cpu_capability
-from lightning_rlhf.stats import mean_interval
+from lightning_rlhf.pipeline_report import clock, final_table, frontier_figure, summarize_reports
 
 
 class PipelineError(ValueError):
@@ -82,6 +83,8 @@ class Pipeline:
     stages: list[Stage]
     source: str
     seeds: list[int]
+    reference_memo: dict = field(default_factory=dict)
+    """the reference's evaluation samples, drawn once for every evaluate stage that shares them"""
 
 
 def option_argv(options: dict) -> list[str]:
@@ -201,7 +204,7 @@ def check_evaluate(stage: Stage) -> None:
 def run_evaluate(stage: Stage, pipeline: Pipeline) -> str:
     from lightning_rlhf.evaluate import evaluate_command
 
-    evaluate_command(option_argv(stage.options))
+    evaluate_command(option_argv(stage.options), reference_memo=pipeline.reference_memo)
     return f"wrote {stage.options.get('output') or '(no --output)'}"
 
 
@@ -234,17 +237,58 @@ def _parse_seeds(config: dict, source: str) -> list[int]:
     return seeds
 
 
+KEYS = ("output_dir", "stages", "seeds", "vars", "quick")
+VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute_vars(value, variables: dict):
+    """``{name}`` of each variable replaced by its value (kept as a number when it is the
+    whole string); ``{output_dir}`` and ``{seed}`` are left for later."""
+    if isinstance(value, str):
+        whole = VARIABLE.fullmatch(value)
+        if whole and whole.group(1) in variables:
+            return _substitute_vars(variables[whole.group(1)], variables)
+        return VARIABLE.sub(lambda m: str(variables[m.group(1)]) if m.group(1) in variables else m.group(0), value)
+    if isinstance(value, list):
+        return [_substitute_vars(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute_vars(v, variables) for k, v in value.items()}
+    return value
+
+
+def apply_quick(config: dict, source: str) -> dict:
+    """The file with its ``quick`` section applied: ``seeds``, ``output_dir`` and ``vars``
+    there replace the file's (a smoke run of the same stages, in seconds)."""
+    quick = config.get("quick")
+    if not isinstance(quick, dict):
+        raise PipelineError(f"{source}: --quick needs a 'quick' mapping in the file (seeds, output_dir, vars to replace)")
+    unknown = set(quick) - {"seeds", "output_dir", "vars"}
+    if unknown:
+        raise PipelineError(f"{source}: quick: unknown key(s) {sorted(unknown)}; expected 'seeds', 'output_dir' and 'vars'")
+    return config | {k: v for k, v in quick.items() if k != "vars"} | {"vars": {**config.get("vars", {}), **quick.get("vars", {})}}
+
+
 def parse_pipeline(config: dict, source: str = "<pipeline>") -> Pipeline:
-    """A checked :class:`Pipeline` from the parsed YAML; every problem is a PipelineError."""
+    """A checked :class:`Pipeline` from the parsed YAML; every problem is a PipelineError.
+
+    ``vars``: values substituted for ``{name}`` anywhere in the stages (sizes, the SFT
+    model), so that the file's ``quick`` section can shrink a run by replacing a few."""
     if not isinstance(config, dict):
         raise PipelineError(f"{source}: expected a mapping with 'output_dir' and 'stages'")
-    unknown = set(config) - {"output_dir", "stages", "seeds"}
+    unknown = set(config) - set(KEYS)
     if unknown:
-        raise PipelineError(f"{source}: unknown key(s) {sorted(unknown)}; expected 'output_dir', 'stages' and 'seeds'")
+        raise PipelineError(f"{source}: unknown key(s) {sorted(unknown)}; expected {', '.join(map(repr, KEYS))}")
     if "output_dir" not in config or "stages" not in config:
         raise PipelineError(f"{source}: needs 'output_dir' and 'stages'")
+    variables = config.get("vars") or {}
+    if not isinstance(variables, dict) or {"seed", "output_dir"} & set(variables):
+        raise PipelineError(f"{source}: 'vars' must be a mapping of names to values (not 'seed' or 'output_dir')")
     output_dir = str(config["output_dir"])
     seeds = _parse_seeds(config, source)
+    config = config | {"stages": _substitute_vars(config["stages"], variables)}
+    left = {name for name in VARIABLE.findall(json.dumps(config["stages"])) if name not in ("seed", "output_dir")}
+    if left:
+        raise PipelineError(f"{source}: unknown variable(s) {sorted('{' + n + '}' for n in left)}; 'vars' defines: {sorted(variables) or 'none'}")
     raw_stages = config["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
         raise PipelineError(f"{source}: 'stages' must be a non-empty list")
@@ -271,12 +315,15 @@ def parse_pipeline(config: dict, source: str = "<pipeline>") -> Pipeline:
     return pipeline
 
 
-def load_pipeline(path: str | Path, seeds: list[int] | None = None) -> Pipeline:
-    """Read and check a pipeline file; ``seeds`` replaces the file's own list."""
+def load_pipeline(path: str | Path, seeds: list[int] | None = None, quick: bool = False) -> Pipeline:
+    """Read and check a pipeline file; ``seeds`` replaces the file's own list; ``quick``
+    applies the file's ``quick`` section."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"pipeline file {str(path)!r} does not exist")
     config = yaml.safe_load(path.read_text())
+    if quick and isinstance(config, dict):
+        config = apply_quick(config, str(path))
     if seeds is not None and isinstance(config, dict):
         config["seeds"] = seeds
     return parse_pipeline(config, str(path))
@@ -286,11 +333,6 @@ def cpu_seconds() -> float:
     """User CPU time of this process and its finished children, in seconds."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + children.ru_utime
-
-
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(seconds, 60)
-    return f"{int(minutes)}m{seconds:04.1f}s"
 
 
 def _blocks(stages: list[Stage]) -> list[list[Stage]]:
@@ -328,8 +370,8 @@ def run_pipeline(pipeline: Pipeline, print_fn: Callable[[str], None] = print) ->
                 }
                 records.append(record)
                 print_fn(
-                    f"[{stage.number}/{total}] {label} done in {_clock(record['seconds'])} "
-                    f"(cpu {_clock(record['user_cpu_seconds'])}, total {_clock(time.perf_counter() - started)}): {outcome}"
+                    f"[{stage.number}/{total}] {label} done in {clock(record['seconds'])} "
+                    f"(cpu {clock(record['user_cpu_seconds'])}, total {clock(time.perf_counter() - started)}): {outcome}"
                 )
     return records
 
@@ -337,18 +379,6 @@ def run_pipeline(pipeline: Pipeline, print_fn: Callable[[str], None] = print) ->
 def _last_evaluation(pipeline: Pipeline) -> Stage | None:
     evaluations = [s for s in pipeline.stages if s.kind == "evaluate" and s.options.get("output")]
     return evaluations[-1] if evaluations else None
-
-
-# The figures of the before/after table: (key in the summary, how to read it from one report).
-FIGURES = {
-    "reference_mean_reward": lambda report: report["reference"]["mean_reward"],
-    "policy_mean_reward": lambda report: report["policy"]["mean_reward"],
-    "win_rate": lambda report: report["win_rate"],
-    "kl": lambda report: report["kl"],
-    "reference_mean_length": lambda report: report["reference"]["mean_length"],
-    "policy_mean_length": lambda report: report["policy"]["mean_length"],
-    "judge_win_rate": lambda report: (report.get("judge") or {}).get("win_rate"),
-}
 
 
 def summarize_evaluations(pipeline: Pipeline, stage: Stage | None = None) -> dict | None:
@@ -360,28 +390,7 @@ def summarize_evaluations(pipeline: Pipeline, stage: Stage | None = None) -> dic
         return None
     seeds = pipeline.seeds if stage.seeded else [None]
     reports = [json.loads(Path((stage if seed is None else stage.for_seed(seed)).options["output"]).read_text()) for seed in seeds]
-    figures = {}
-    for name, read in FIGURES.items():
-        values = [read(report) for report in reports]
-        figures[name] = None if any(v is None for v in values) else mean_interval(values).as_dict() | {"values": values}
-    return {
-        "seeds": seeds,
-        "prompts": reports[0]["prompts"],
-        "reward": reports[0].get("reward"),
-        "reference_label": stage.options.get("reference_label", "reference"),
-        "policy_label": stage.options.get("policy_label", "policy"),
-        "figures": figures,
-        "reports": reports,
-    }
-
-
-def format_figure(figure: dict | None, spec: str, percent: bool = False) -> str:
-    """``mean ± half-width`` of a summary figure (``Interval.as_dict()``), or the mean alone for one seed."""
-    if figure is None:
-        return "n/a"
-    scale, suffix = (100.0, "%") if percent else (1.0, "")
-    text = f"{figure['mean'] * scale:{spec}}{suffix}"
-    return text if figure["n"] < 2 else f"{text} ± {figure['half_width'] * scale:{spec.lstrip('+')}}{suffix}"
+    return summarize_reports(reports, seeds, stage.options.get("reference_label", "reference"), stage.options.get("policy_label", "policy"))
 
 
 def evaluation_summaries(pipeline: Pipeline) -> list[dict]:
@@ -390,51 +399,18 @@ def evaluation_summaries(pipeline: Pipeline) -> list[dict]:
     return [summarize_evaluations(pipeline, stage) for stage in pipeline.stages if stage.kind == "evaluate" and stage.options.get("output")]
 
 
-def final_table(records: list[dict], summaries: dict | list[dict] | None) -> str:
-    """Stage times, then the before/after table of the evaluations (mean ± 95% interval
-    over the seeds when there are several): the reference's column (from the first
-    evaluation), then one column per evaluated policy."""
-    lines = ["stage        seed  wall       user cpu"]
-    lines += [f"{r['stage']:<12} {'' if r['seed'] is None else r['seed']:>4}  {_clock(r['seconds']):>9}  {_clock(r['user_cpu_seconds']):>9}"
-              for r in records]
-    lines.append(f"{'total':<12} {'':>4}  {_clock(sum(r['seconds'] for r in records)):>9}  {_clock(sum(r['user_cpu_seconds'] for r in records)):>9}")
-    if isinstance(summaries, dict):
-        summaries = [summaries]
-    if not summaries:
-        return "\n".join(lines)
-    first = summaries[0]
-    before = first["reference_label"]
-    afters = [s["figures"] for s in summaries]
-    rows = [
-        ("", before, *(s["policy_label"] for s in summaries)),
-        ("mean gold reward" if first["reward"] == "gold" else "mean reward",
-         format_figure(first["figures"]["reference_mean_reward"], "+.3f"), *(format_figure(f["policy_mean_reward"], "+.3f") for f in afters)),
-        (f"win rate vs {before}", "50.0%", *(format_figure(f["win_rate"], ".1f", percent=True) for f in afters)),
-    ]
-    if any(f["judge_win_rate"] for f in afters):
-        rows.append((f"judge's win rate vs {before}", "50.0%", *(format_figure(f["judge_win_rate"], ".1f", percent=True) for f in afters)))
-    rows += [
-        (f"KL to {before} (nats)", "0", *(format_figure(f["kl"], ".2f") for f in afters)),
-        ("mean length (tokens)", format_figure(first["figures"]["reference_mean_length"], ".1f"),
-         *(format_figure(f["policy_mean_length"], ".1f") for f in afters)),
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    seeds = first["seeds"]
-    over = f", mean ± 95% interval over {len(seeds)} seeds" if len(seeds) > 1 else ""
-    lines.append(f"\n{before} -> {', '.join(s['policy_label'] for s in summaries)} on {first['prompts']} held-out prompts{over}:")
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def pipeline_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lightning-rlhf pipeline", description="Run the stages of a pipeline file (build, toy-prompts, label, fit, evaluate) one after another.")
-    parser.add_argument("file", help="pipeline YAML (e.g. recipes/pipelines/toy.yaml)")
+    parser.add_argument("file", help="pipeline YAML (e.g. recipes/pipelines/canonical.yaml)")
     parser.add_argument("--check", action="store_true", help="only read and check the stages")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="run the seeded stages with these seeds instead of the file's (e.g. --seeds 0 for one quick pass)")
+    parser.add_argument("--quick", action="store_true",
+                        help="apply the file's 'quick' section: the same stages on a tiny model and a few steps, in seconds "
+                        "(a smoke test of the whole pipeline; its numbers mean nothing)")
     args = parser.parse_args(argv)
     try:
-        pipeline = load_pipeline(args.file, seeds=args.seeds)
+        pipeline = load_pipeline(args.file, seeds=args.seeds, quick=args.quick)
     except PipelineError as e:
         parser.exit(2, f"error: {e}\n")
     if args.check:
@@ -444,10 +420,16 @@ def pipeline_command(argv: list[str]) -> int:
     summaries = evaluation_summaries(pipeline)
     table = final_table(records, summaries)
     print("\n" + table)
+    written = []
     if summaries and _last_evaluation(pipeline).seeded:
         # the last evaluation at the top level (as a one-method pipeline writes it), every one under "evaluations"
         summary = summaries[-1] | {"evaluations": summaries if len(summaries) > 1 else []}
-        (pipeline.output_dir / "evaluation.json").write_text(json.dumps(summary | {"cpu_capability": cpu_capability()}, indent=2) + "\n")
+        written.append(pipeline.output_dir / "evaluation.json")
+        written[-1].write_text(json.dumps(summary | {"cpu_capability": cpu_capability()}, indent=2) + "\n")
+    if summaries:
+        note = f"{cpu_capability()} kernels; bars: 95% t-interval of the mean over seeds, x: each seed"
+        written.append(frontier_figure(summaries, pipeline.output_dir / "frontier.png", note))
     (pipeline.output_dir / "pipeline.json").write_text(json.dumps({"stages": records, "cpu_capability": cpu_capability()}, indent=2) + "\n")
     (pipeline.output_dir / "summary.txt").write_text(table + "\n")
+    print("\nwrote " + ", ".join(str(path) for path in [*written, pipeline.output_dir / "summary.txt"]))
     return 0

@@ -50,6 +50,30 @@ def reward_vs_kl(
     across the figure with its band. ``percent``: rewards are shares (accuracy), shown in %.
     """
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    _draw_reward_vs_kl(ax, points, curve, baseline, ylabel, percent)
+    return _save(fig, ax, path, title, note, legend, ncol=2)
+
+
+def reward_panels(panels: Sequence[tuple], path: str | Path, title: str, note: str = "") -> Path:
+    """Reward-against-KL panels side by side, one per ``(points, baseline, curve, ylabel)``
+    (see :func:`reward_vs_kl`): the gold reward and a proxy's, say, for the same methods."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), dpi=110, squeeze=False)
+    for ax, (points, baseline, curve, ylabel) in zip(axes[0], panels):
+        _draw_reward_vs_kl(ax, points, curve, baseline, ylabel, percent=False)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=11)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _draw_reward_vs_kl(ax, points: Sequence[Point], curve, baseline: Point | None, ylabel: str, percent: bool) -> None:
     if baseline is not None:
         ax.axhline(baseline.reward, color="0.45", linestyle="--", linewidth=1, label=baseline.label)
         ax.axhspan(baseline.reward - baseline.reward_err, baseline.reward + baseline.reward_err, color="0.85", alpha=0.5)
@@ -70,7 +94,6 @@ def reward_vs_kl(
     if percent:
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
-    return _save(fig, ax, path, title, note, legend, ncol=2)
 
 
 def _save(fig, ax, path: str | Path, title: str, note: str, legend: str, ncol: int = 1) -> Path:

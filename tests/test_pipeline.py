@@ -6,13 +6,13 @@ import pytest
 
 from lightning_rlhf.pipeline import (
     PipelineError,
-    final_table,
     load_pipeline,
     option_argv,
     parse_pipeline,
     run_pipeline,
     summarize_evaluations,
 )
+from lightning_rlhf.pipeline_report import final_table
 
 GOOD_LABEL = {"policy": "builtin:tiny-llama", "prompts": "{output_dir}/p.jsonl", "reward": "gold", "output": "{output_dir}/pairs.jsonl"}
 
