@@ -160,3 +160,5 @@ def test_no_kl_penalty_loads_no_reference_and_still_trains(tmp_path, one_thread)
     assert not module.algorithm.needs_reference and module.reference_model is None
     assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert "train/objective/kl" not in trainer.callback_metrics
+    # each part's norm before it was clipped on its own (tests/test_critic.py)
+    assert all(float(trainer.callback_metrics[f"train/grad_norm/{part}"]) > 0 for part in ("policy", "critic"))

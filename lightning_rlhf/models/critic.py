@@ -38,6 +38,9 @@ class CriticSettings:
     """a value head on the policy's backbone instead of a separate model"""
     learning_rate: float | None = None
     """the critic's learning rate; default: the policy's"""
+    max_grad_norm: float | None = None
+    """clip the critic's gradient norm (the value head's, with ``share_policy_backbone``) on
+    its own before each step; default: ``online.max_grad_norm``"""
 
 
 class ValueHead(torch.nn.Module):

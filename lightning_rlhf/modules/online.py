@@ -10,8 +10,8 @@ For an :class:`~lightning_rlhf.algorithm.OnlineAlgorithm` the module optimises b
 2. for every minibatch ``algorithm.minibatches(experience)`` yields (the plugin decides
    epochs and sizes): cut it into micro-batches of ``online.micro_batch_size`` rows,
    ``manual_backward(algorithm.loss(module, micro).loss)`` for each (gradients add up:
-   the plugin divides by the *minibatch's* ``loss_tokens``), clip with
-   ``clip_gradients``, one optimiser and scheduler step.
+   the plugin divides by the *minibatch's* ``loss_tokens``), clip the policy's and the
+   critic's gradients each by its own norm, one optimiser and scheduler step.
 
 ``trainer.global_step`` therefore counts optimiser steps, ``updates_per_rollout`` per
 batch of prompts. The module also times generation against the whole step and logs
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor
 
 from lightning_rlhf.algorithm import Experience, SequenceLogps, trim_padding
@@ -55,7 +56,8 @@ class OnlineSettings:
     critic's log-probs and values, each piece trimmed of its own padding); None:
     ``micro_batch_size``, and the whole rollout when that is None too"""
     max_grad_norm: float | None = 1.0
-    """clip the global gradient norm (policy and critic together) before each step; None: no clipping"""
+    """clip the policy's gradient norm before each step (the critic's is clipped on its own,
+    ``critic.max_grad_norm``); None: no clipping"""
     sample_table_every_n_steps: int = 10
     """log a table of sampled completions and their rewards every this many rollouts (W&B only)"""
     sample_table_rows: int = 8
@@ -208,7 +210,7 @@ class OnlineMixin:
         rollout_seconds = time.perf_counter() - step_start
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        loss_sum, metric_sums, updates = 0.0, {}, 0
+        loss_sum, metric_sums, norm_sums, updates = 0.0, {}, {}, 0
         for minibatch in self.algorithm.minibatches(experience):
             rows = minibatch["input_ids"].shape[0]
             self._count_over_processes(minibatch)
@@ -219,8 +221,8 @@ class OnlineMixin:
                 loss_sum += out.loss.detach()
                 for key, value in out.metrics.items():
                     metric_sums[key] = metric_sums.get(key, 0.0) + value * weight
-            if self.online_settings.max_grad_norm is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.online_settings.max_grad_norm, gradient_clip_algorithm="norm")
+            for name, norm in self.clip_gradient_norms().items():
+                norm_sums[name] = norm_sums.get(name, 0.0) + norm
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if self.rollout_engine is not None:
@@ -233,6 +235,7 @@ class OnlineMixin:
         n = len(experience)
         metrics = {f"train/{k}": v for k, v in {**experience.metrics, **self._reward_part_means()}.items()}
         metrics.update({f"train/{k}": v / max(updates, 1) for k, v in metric_sums.items()})
+        metrics.update({f"train/grad_norm/{k}": v / max(updates, 1) for k, v in norm_sums.items()})
         metrics["train/loss"] = torch.as_tensor(loss_sum / max(updates, 1))
         metrics["train/time/generation_share"] = torch.tensor(self._generation_seconds / step_seconds)
         metrics["train/time/rollout_share"] = torch.tensor(rollout_seconds / step_seconds)
@@ -243,6 +246,24 @@ class OnlineMixin:
         for key, value in metrics.items():
             self.log(key, torch.as_tensor(value, dtype=torch.float32).detach(), prog_bar=key == progress, batch_size=n)
         self._maybe_log_samples(experience)
+
+    def clip_gradient_norms(self) -> dict[str, Tensor]:
+        """Clip the policy's gradients and the critic's each by its own norm (a value loss far
+        from converged has a large gradient, which clipped together with the policy's would
+        shrink the policy's step); returns each part's norm before clipping, as a tensor (no
+        host sync). Under DeepSpeed the engine clips by its own ``gradient_clipping``."""
+        if self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            return {}
+        critic = self.critic_settings or CriticSettings()
+        policy_norm = self.online_settings.max_grad_norm
+        parts = {"policy": ([p for p in self.policy.parameters() if p.requires_grad], policy_norm),
+                 "critic": (self.critic_parameters(), critic.max_grad_norm if critic.max_grad_norm is not None else policy_norm)}
+        norms = {}
+        for name, (params, max_norm) in parts.items():
+            params = [p for p in params if p.grad is not None]
+            if max_norm is not None and params:
+                norms[name] = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return norms
 
     def _zero_through_parameters(self) -> Tensor:
         """0, as a function of every trained parameter: the loss of a micro-batch whose samples
