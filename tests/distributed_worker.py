@@ -8,8 +8,9 @@ strategy) and writes to the spec's ``out`` directory:
   that made it, as this process computed them (``training_step``'s return, before
   Lightning divides it by ``accumulate_grad_batches``);
 - ``policy.pt`` (rank 0): the policy's weights when training ends;
-- ``online_rank{r}.json`` (online algorithms): the optimiser steps this process took and
-  the prompts its rollouts drew to refill (DAPO).
+- ``online_rank{r}.json`` (online algorithms): the optimiser steps this process took, the
+  prompts its rollouts drew to refill (DAPO) and the plugin's ``state_dict()`` when it has
+  one (PPO's KL coefficient and score moments).
 
 An online spec (``"reward"`` set) trains on prompt rows against a rule reward; with
 ``"engine": "scripted"`` its completions come from :class:`ScriptedEngine`, so that a
@@ -144,7 +145,8 @@ def run(spec: dict) -> None:
     )
     trainer.fit(module, datamodule=data)
     if online:
-        record = {"optimizer_steps": trainer.global_step, "refill_prompts": recorder.refill_prompts}
+        record = {"optimizer_steps": trainer.global_step, "refill_prompts": recorder.refill_prompts,
+                  "algorithm_state": algorithm.state_dict() if callable(getattr(algorithm, "state_dict", None)) else None}
         (out / f"online_rank{trainer.global_rank}.json").write_text(json.dumps(record))
     else:
         (out / f"losses_rank{trainer.global_rank}.json").write_text(json.dumps(recorder.steps))
