@@ -92,6 +92,12 @@ def pipeline(argv: list[str]) -> int:
     return pipeline_command(argv)
 
 
+def plot(argv: list[str]) -> int:
+    from lightning_rlhf.plot_runs import plot_command
+
+    return plot_command(argv)
+
+
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     for row in [header, *rows]:
@@ -107,4 +113,5 @@ COMMANDS = {
     "label": label,
     "evaluate": evaluate,
     "pipeline": pipeline,
+    "plot": plot,
 }

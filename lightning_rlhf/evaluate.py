@@ -33,6 +33,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -258,12 +259,14 @@ def format_best_of_n(best_of_n: dict, reference_name: str = "reference") -> list
     return lines + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> None:
-    """One W&B run with the metrics as summary values and the examples as a table;
+def log_to_wandb(report: dict, project: str, name: str | None, config: dict, figure: Path | None = None,
+                 save_dir: Path | None = None) -> None:
+    """One W&B run with the metrics as summary values, the examples as a table and the
+    figure as an image, kept under ``save_dir`` (default: W&B's own choice);
     ``WANDB_MODE=offline`` is honoured by wandb itself."""
     import wandb
 
-    run = wandb.init(project=project, name=name, job_type="evaluate", config=config)
+    run = wandb.init(project=project, name=name, job_type="evaluate", config=config, dir=save_dir)
     metrics = {
         "eval/policy_reward": report["policy"]["mean_reward"],
         "eval/reference_reward": report["reference"]["mean_reward"],
@@ -284,6 +287,8 @@ def log_to_wandb(report: dict, project: str, name: str | None, config: dict) -> 
     run.log(metrics)
     columns = ["prompt", "policy", "policy_reward", "reference", "reference_reward"]
     run.log({"eval/examples": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in report["examples"]])})
+    if figure is not None:
+        run.log({"eval/reward_vs_kl": wandb.Image(str(figure))})
     run.finish()
 
 
@@ -374,12 +379,24 @@ def evaluate_command(argv: list[str], reference_memo: dict | None = None) -> int
     report.update(policy_name=args.policy, reference_name=args.reference, reward=args.reward, proxy_reward=args.proxy_reward,
                   seconds=round(time.perf_counter() - started, 1))
     print(format_report(report, args.policy_label, args.reference_label))
+    figure = None
     if args.output:
-        from pathlib import Path
-
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.output}")
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2) + "\n")
+        figure = report_figure(report, output.with_suffix(".png"), args.policy_label, args.reference_label)
+        print(f"\nwrote {output} and {figure}")
     if args.wandb_project:
-        log_to_wandb(report, args.wandb_project, args.wandb_name, vars(args))
+        # beside the report, as a training run's log is beside its checkpoints
+        log_to_wandb(report, args.wandb_project, args.wandb_name, vars(args), figure, Path(args.output).parent if args.output else None)
     return 0
+
+
+def report_figure(report: dict, path: Path, policy_label: str, reference_label: str) -> Path:
+    """The report drawn as the pipeline draws its methods: reward against KL, best-of-n as a
+    curve, the proxy reward in a second panel when there is one."""
+    from lightning_rlhf.cpu import cpu_capability
+    from lightning_rlhf.pipeline_report import frontier_figure, summarize_reports
+
+    summary = summarize_reports([report], [report["sampling"]["seed"]], reference_label, policy_label)
+    return frontier_figure([summary], path, note=f"{cpu_capability()} kernels; one sampling seed ({report['sampling']['seed']})")

@@ -45,6 +45,7 @@ import argparse
 import json
 import re
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,7 +191,14 @@ def run_fit(stage: Stage, pipeline: Pipeline) -> str:
     from lightning_rlhf.training_cli import RLHFCLI
 
     args = ["fit", "--config", stage.options["config"], *map(str, stage.options.get("args", []))]
-    RLHFCLI(args=args)
+    try:
+        RLHFCLI(args=args)
+    finally:
+        # Lightning's WandbLogger adopts a W&B run still open in the process: without this,
+        # every later fit of the pipeline would log into this one's run.
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
     return f"fit {stage.options['config']}"
 
 
@@ -315,9 +323,9 @@ def parse_pipeline(config: dict, source: str = "<pipeline>") -> Pipeline:
     return pipeline
 
 
-def load_pipeline(path: str | Path, seeds: list[int] | None = None, quick: bool = False) -> Pipeline:
-    """Read and check a pipeline file; ``seeds`` replaces the file's own list; ``quick``
-    applies the file's ``quick`` section."""
+def load_pipeline(path: str | Path, seeds: list[int] | None = None, quick: bool = False, output_dir: str | None = None) -> Pipeline:
+    """Read and check a pipeline file; ``quick`` applies the file's ``quick`` section;
+    ``seeds`` and ``output_dir`` then replace the file's own."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"pipeline file {str(path)!r} does not exist")
@@ -326,6 +334,8 @@ def load_pipeline(path: str | Path, seeds: list[int] | None = None, quick: bool 
         config = apply_quick(config, str(path))
     if seeds is not None and isinstance(config, dict):
         config["seeds"] = seeds
+    if output_dir is not None and isinstance(config, dict):
+        config["output_dir"] = output_dir
     return parse_pipeline(config, str(path))
 
 
@@ -405,12 +415,13 @@ def pipeline_command(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true", help="only read and check the stages")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="run the seeded stages with these seeds instead of the file's (e.g. --seeds 0 for one quick pass)")
+    parser.add_argument("--output-dir", default=None, help="write here instead of the file's output_dir")
     parser.add_argument("--quick", action="store_true",
                         help="apply the file's 'quick' section: the same stages on a tiny model and a few steps, in seconds "
                         "(a smoke test of the whole pipeline; its numbers mean nothing)")
     args = parser.parse_args(argv)
     try:
-        pipeline = load_pipeline(args.file, seeds=args.seeds, quick=args.quick)
+        pipeline = load_pipeline(args.file, seeds=args.seeds, quick=args.quick, output_dir=args.output_dir)
     except PipelineError as e:
         parser.exit(2, f"error: {e}\n")
     if args.check:

@@ -91,8 +91,8 @@ def method_table(summaries: Sequence[dict]) -> list[str]:
     first = summaries[0]
     before = first["reference_label"]
     gold = "gold reward" if first["reward"] == "gold" else "reward"
-    proxy = any(s["figures"]["policy_mean_proxy_reward"] for s in summaries)
-    judge = any(s["figures"]["judge_win_rate"] for s in summaries)
+    proxy = any(s["figures"].get("policy_mean_proxy_reward") for s in summaries)
+    judge = any(s["figures"].get("judge_win_rate") for s in summaries)
     header = ["method", gold, *(["proxy reward"] if proxy else []), f"win rate vs {before}",
               *([f"judge's win rate vs {before}"] if judge else []), "KL (nats)", "length (tokens)"]
 
@@ -100,19 +100,19 @@ def method_table(summaries: Sequence[dict]) -> list[str]:
         return [name, reward, *([proxy_reward] if proxy else []), win, *([judge_win] if judge else []), kl, length]
 
     f = first["figures"]
-    rows = [row(before, format_figure(f["reference_mean_reward"], "+.3f"), format_figure(f["reference_mean_proxy_reward"], "+.3f"),
-                "50.0%", "50.0%", "0", format_figure(f["reference_mean_length"], ".1f"))]
+    rows = [row(before, format_figure(f.get("reference_mean_reward"), "+.3f"), format_figure(f.get("reference_mean_proxy_reward"), "+.3f"),
+                "50.0%", "50.0%", "0", format_figure(f.get("reference_mean_length"), ".1f"))]
     best = next((s["best_of_n"] for s in summaries if s.get("best_of_n")), None)
     if best:
         selection = best.get("selection_reward")
-        picked_by = f" by {'proxy' if selection == first['proxy_reward'] else reward_name(selection)}" if selection else ""
+        picked_by = f" by {'proxy' if selection == first.get('proxy_reward') else reward_name(selection)}" if selection else ""
         rows += [row(f"best-of-{r['n']}{picked_by}", format_figure(r["mean_reward"], "+.3f"), format_figure(r["mean_proxy_reward"], "+.3f"),
                      format_figure(r["win_rate"], ".1f", percent=True), "-", f"{r['kl']:.2f}", "-") for r in best["rows"] if r["n"] > 1]
     for s in summaries:
         f = s["figures"]
-        rows.append(row(s["policy_label"], format_figure(f["policy_mean_reward"], "+.3f"), format_figure(f["policy_mean_proxy_reward"], "+.3f"),
-                        format_figure(f["win_rate"], ".1f", percent=True), format_figure(f["judge_win_rate"], ".1f", percent=True),
-                        format_figure(f["kl"], ".2f"), format_figure(f["policy_mean_length"], ".1f")))
+        rows.append(row(s["policy_label"], format_figure(f.get("policy_mean_reward"), "+.3f"), format_figure(f.get("policy_mean_proxy_reward"), "+.3f"),
+                        format_figure(f.get("win_rate"), ".1f", percent=True), format_figure(f.get("judge_win_rate"), ".1f", percent=True),
+                        format_figure(f.get("kl"), ".2f"), format_figure(f.get("policy_mean_length"), ".1f")))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     seeds = first["seeds"]
     over = f", mean ± 95% interval over {len(seeds)} seeds" if len(seeds) > 1 else ""
@@ -148,20 +148,20 @@ def frontier_figure(summaries: Sequence[dict], path: str | Path, note: str = "")
     first = summaries[0]
     panels = [("policy_mean_reward", "reference_mean_reward", "mean_reward",
                "mean gold reward" if first["reward"] == "gold" else "mean reward")]
-    if any(s["figures"]["policy_mean_proxy_reward"] for s in summaries):
+    if any(s["figures"].get("policy_mean_proxy_reward") for s in summaries):
         panels.append(("policy_mean_proxy_reward", "reference_mean_proxy_reward", "mean_proxy_reward",
-                       f"mean proxy reward ({reward_name(first['proxy_reward'])})"))
+                       f"mean proxy reward ({reward_name(first.get('proxy_reward'))})"))
     best = next((s["best_of_n"] for s in summaries if s.get("best_of_n")), None)
     drawn = []
     for policy_key, reference_key, best_key, ylabel in panels:
         points = []
         for s in summaries:
-            kl, reward = s["figures"]["kl"], s["figures"][policy_key]
+            kl, reward = s["figures"].get("kl"), s["figures"].get(policy_key)
             if kl is None or reward is None:
                 continue
             seeds = tuple(zip(kl["values"], reward["values"]))
             points.append(Point(s["policy_label"], kl["mean"], reward["mean"], kl["half_width"], reward["half_width"], seeds))
-        reference = first["figures"][reference_key]
+        reference = first["figures"].get(reference_key)
         baseline = Point(first["reference_label"], 0.0, reference["mean"], reward_err=reference["half_width"])
         curve = None
         if best and all(r.get(best_key) for r in best["rows"]):

@@ -141,3 +141,31 @@ def accuracy_vs_n(curves: Sequence[Curve], path: str | Path, title: str, note: s
     ax.set_ylabel(ylabel)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     return _save(fig, ax, path, title, note, "upper left")
+
+
+def metric_panels(curves: dict[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]], path: str | Path, title: str) -> Path:
+    """A panel per metric (``{metric: [(label, steps, values), ...]}``), a line per run; the
+    same run keeps its colour in every panel."""
+    labels = list(dict.fromkeys(label for lines in curves.values() for label, _, _ in lines))
+    colors = plt.get_cmap("tab10")
+    columns = min(3, len(curves))
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows + 0.6), dpi=110, squeeze=False)
+    for ax, (metric, lines) in zip(axes.flat, curves.items()):
+        for label, steps, values in lines:
+            ax.plot(steps, values, linewidth=1.2, marker="." if len(steps) < 30 else None, color=colors(labels.index(label) % 10), label=label)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("optimiser step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colors(i % 10), label=label) for i, label in enumerate(labels)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -38,3 +38,49 @@ def test_a_model_against_itself_ties_with_zero_kl(tiny_tokenizer):
     assert report["policy"] == report["reference"]
     assert report["policy"]["mean_length"] == 5.0
     assert "win rate vs reference" in format_report(report)
+
+
+LETTER_E = "lightning_rlhf.rewards.rules.letter_e_reward"
+LENGTH = "tests.test_evaluate.length_reward"
+
+
+def length_reward(prompts, completions):
+    return [float(len(c)) for c in completions]
+
+
+def test_the_proxy_reward_is_reported_beside_the_evaluation_reward_with_a_figure_and_a_wandb_image(tmp_path, capsys, monkeypatch):
+    """`evaluate --proxy-reward` scores both models' samples (and the best-of-n picks) with a
+    second reward; the report is drawn beside its JSON and the figure logged to W&B."""
+    import json
+
+    from lightning_rlhf.evaluate import evaluate_command
+    from lightning_rlhf.tracking import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Tell me a", "The weather", "Once upon", "hi"]))
+    output = tmp_path / "report.json"
+    memo: dict = {}
+    argv = ["--policy", "builtin:tiny-llama", "--reference", "builtin:tiny-llama", "--prompts", str(prompts), "--reward", LETTER_E,
+            "--proxy-reward", LENGTH, "--best-of-n", "1,2,4", "--best-of-n-reward", LENGTH, "--max-new-tokens", "6",
+            "--output", str(output), "--wandb-project", "evaluate-check"]
+    assert evaluate_command(argv, reference_memo=memo) == 0
+    report = json.loads(output.read_text())
+    # the same model and seed on both sides: equal proxy means; best-of-n picks the longest of n by the proxy
+    assert report["policy"]["mean_proxy_reward"] == report["reference"]["mean_proxy_reward"]
+    proxy = [row["mean_proxy_reward"] for row in report["best_of_n"]["rows"]]
+    assert proxy == sorted(proxy) and proxy == [row["mean_selection_reward"] for row in report["best_of_n"]["rows"]]
+    assert "mean proxy reward" in capsys.readouterr().out
+    assert output.with_suffix(".png").stat().st_size > 10_000
+    (run_log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    images = [row["eval/reward_vs_kl"] for row in read_offline_run(run_log).history if "eval/reward_vs_kl" in row]
+    assert len(images) == 1 and images[0]["_type"] == "image-file"
+
+    # a second evaluation against the same reference reuses its samples: nothing is drawn again
+    assert len(memo) == 1
+    import lightning_rlhf.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "sample_reference", lambda *a, **k: pytest.fail("the reference was sampled again"))
+    again = tmp_path / "again.json"
+    assert evaluate_command([*argv[:-4], "--output", str(again)], reference_memo=memo) == 0
+    assert len(memo) == 1 and json.loads(again.read_text())["reference"] == report["reference"]
