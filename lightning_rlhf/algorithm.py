@@ -104,10 +104,11 @@ class OnlineContext(PolicyContext, Protocol):
         ...
 
     def generate(self, prompt_ids: list[list[int]], temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 64) -> Rollout:
-        """One sampled completion per prompt (repeat a prompt for several), in the training
-        layout: ``Rollout.batch`` (``input_ids``, masks, ``logp_index``), ``completions``
-        (text), ``finished`` (ended with EOS) and ``lengths``."""
+                 max_new_tokens: int = 64, n: int = 1) -> Rollout:
+        """``n`` sampled completions of each prompt, prompt-major (rows ``i * n`` to
+        ``i * n + n - 1`` are prompt i's; an engine may then read each prompt once for its
+        group), in the training layout: ``Rollout.batch`` (``input_ids``, masks,
+        ``logp_index``), ``completions`` (text), ``finished`` (ended with EOS) and ``lengths``."""
         ...
 
     def reward(self, prompts: list[str], completions: list[str], columns: list[dict] | None = None) -> Tensor:

@@ -10,7 +10,12 @@ noticing:
   token ids (BOS included) and returns ``n`` :class:`Sample` per prompt: the sampled
   token ids (EOS included when the model wrote one), a finished flag, and, when asked, the
   sampler's log-probability of each sampled token (to compare with what the trainer
-  computes, or to correct for an engine whose numerics differ);
+  computes, or to correct for an engine whose numerics differ). ``result[i]`` holds prompt
+  i's samples; a rollout lays them out as contiguous rows, prompt-major (rows ``i * n`` to
+  ``i * n + n - 1``). Each prompt arrives once with its ``n``: a group-based plugin passes
+  ``n`` to ``OnlineContext.generate`` instead of repeating its prompts, so an engine that
+  prefills a prompt once for all its samples (vLLM's ``SamplingParams(n=...)``, sharing
+  the prompt's KV cache) does so;
 - ``weights_changed()`` is called after every optimiser step, so an engine that holds its
   own copy of the weights can reload them (the Hugging Face engine samples from the live
   module and has nothing to do).
@@ -95,8 +100,9 @@ class RolloutEngine(Protocol):
         seed: int | None = None,
         return_logps: bool = False,
     ) -> list[list[Sample]]:
-        """``n`` samples per prompt; ``result[i][j]`` is prompt i's j-th. ``seed``: a private,
-        seeded random stream (the caller's is untouched); None: the caller's stream."""
+        """``n`` samples per prompt; ``result[i][j]`` is prompt i's j-th (an engine may prefill
+        prompt i once for all ``n``). ``seed``: a private, seeded random stream (the caller's
+        is untouched); None: the caller's stream."""
         ...
 
     def weights_changed(self) -> None:
@@ -106,7 +112,16 @@ class RolloutEngine(Protocol):
 
 class HFEngine:
     """Hugging Face ``generate`` on the live model: KV cache on, prompts left-padded, only
-    the chosen token ids kept (never a ``[batch, time, vocab]`` tensor)."""
+    the chosen token ids kept (never a ``[batch, time, vocab]`` tensor).
+
+    ``n`` samples of a prompt are ``n`` rows of its own, each prefilled: transformers'
+    ``num_return_sequences`` repeats the prompt rows before the prefill too
+    (``_expand_inputs_for_generation``), and measured no faster on the tiny and toy
+    models (n = 8: 1.08 s against 1.03 s CPU time for 32 short prompts, 7.65 s against
+    7.61 s for 16 prompts of ~1100 tokens, where prefill is most of the work). Repeating
+    here keeps ``batch_size`` a count of rows, and a call with ``n`` samples the same
+    tokens, in the same random stream, as one with each prompt repeated ``n`` times.
+    """
 
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32, progress: str | None = None):
         """

@@ -52,21 +52,27 @@ def generate_rollout(
     prompt_ids: Sequence[Sequence[int]],
     settings: SamplingSettings,
     device: torch.device,
+    n: int = 1,
 ) -> Rollout:
-    """Sample one completion per prompt (token-id lists, BOS included) through ``engine``.
+    """Sample ``n`` completions of each prompt (token-id lists, BOS included) through
+    ``engine``: rows ``i * n`` to ``i * n + n - 1`` are prompt i's.
 
     Sampling uses the caller's RNG (seeded by the trainer). A plugin that scores the tokens
     (importance ratios, KL) does so with the full softmax at ``settings.temperature``, and
     must sample from that distribution: temperature only, no top-p or top-k (PPO refuses
     anything else).
     """
-    samples = [group[0] for group in engine.generate(prompt_ids, 1, settings)]
-    batch = pad_sequences([(list(p), s.token_ids) for p, s in zip(prompt_ids, samples, strict=True)], pad_token_id(tokenizer))
+    groups = engine.generate(prompt_ids, n, settings)
+    if len(groups) != len(prompt_ids) or any(len(group) != n for group in groups):
+        raise ValueError(f"{type(engine).__name__}.generate returned {[len(g) for g in groups]} samples for "
+                         f"{len(prompt_ids)} prompts, n = {n}")
+    rows = [(list(prompt), sample) for prompt, group in zip(prompt_ids, groups) for sample in group]
+    batch = pad_sequences([(prompt, sample.token_ids) for prompt, sample in rows], pad_token_id(tokenizer))
     return Rollout(
         batch={k: v.to(device) for k, v in batch.items()},
-        completions=[s.text for s in samples],
-        finished=torch.tensor([s.finished for s in samples], device=device),
-        lengths=torch.tensor([s.length for s in samples], device=device),
+        completions=[sample.text for _, sample in rows],
+        finished=torch.tensor([sample.finished for _, sample in rows], dtype=torch.bool, device=device),
+        lengths=torch.tensor([sample.length for _, sample in rows], dtype=torch.long, device=device),
     )
 
 

@@ -222,10 +222,9 @@ class GRPO(OnlineAlgorithm):
         """G completions of every prompt of a batch, scored: (rollout, prompt texts, columns, scores,
         and with ``process_rewards`` each completion's step scores and their columns)."""
         g = self.num_generations
-        prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(g)]
+        sampled = ctx.generate(prompts["prompt_ids"], self.temperature, 1.0, self.max_new_tokens, n=g)
         texts = [text for text in prompts["prompts"] for _ in range(g)]
         columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(g)]
-        sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
         if self.process_rewards:  # the completion's score is its steps' aggregate; the steps are kept
             scores, steps = ctx.step_rewards(texts, sampled)
             return sampled, texts, columns, scores.float(), steps

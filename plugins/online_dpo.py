@@ -62,10 +62,9 @@ class OnlineDPO(OnlineAlgorithm):
 
     @torch.no_grad()
     def rollout(self, ctx: OnlineContext, prompts) -> Experience:
-        prompt_ids = [ids for ids in prompts["prompt_ids"] for _ in range(2)]
+        sampled = ctx.generate(prompts["prompt_ids"], self.temperature, 1.0, self.max_new_tokens, n=2)
         texts = [text for text in prompts["prompts"] for _ in range(2)]
         columns = [row for row in prompts.get("columns", [{}] * len(prompts["prompts"])) for _ in range(2)]
-        sampled = ctx.generate(prompt_ids, self.temperature, 1.0, self.max_new_tokens)
         scores = ctx.reward(texts, sampled.completions, columns).float()
         ranked = scores if self.missing_eos_penalty is None else scores - self.missing_eos_penalty * (~sampled.finished).float()
         chosen_rows, rejected_rows, decided = pair_rows(ranked)

@@ -29,16 +29,21 @@ def protocol_members(protocol: type) -> dict[str, object]:
 
 
 def check_lends(module, protocol: type) -> None:
-    """``module`` has every member of ``protocol``, and each method accepts every argument
-    the protocol names."""
+    """``module`` has every member of ``protocol``, each method accepts every argument the
+    protocol names, and defaults to what the protocol says (a plugin that leaves ``n`` out
+    gets what the protocol promised)."""
     import inspect
 
     for name, declared in protocol_members(protocol).items():
         assert hasattr(module, name), f"{type(module).__name__} lacks {protocol.__name__}.{name}"
         if inspect.isfunction(declared):
             accepted = inspect.signature(getattr(module, name)).parameters
-            wanted = [p for p in inspect.signature(declared).parameters if p != "self"]
-            assert all(p in accepted for p in wanted), f"{type(module).__name__}.{name} must accept {wanted}, takes {list(accepted)}"
+            wanted = {n: p for n, p in inspect.signature(declared).parameters.items() if n != "self"}
+            assert all(p in accepted for p in wanted), f"{type(module).__name__}.{name} must accept {list(wanted)}, takes {list(accepted)}"
+            for argument, parameter in wanted.items():
+                assert accepted[argument].default == parameter.default, (
+                    f"{type(module).__name__}.{name}({argument}=...) defaults to {accepted[argument].default}, "
+                    f"{protocol.__name__} says {parameter.default}")
 
 
 def test_the_modules_lend_what_their_context_protocols_list():
@@ -50,8 +55,12 @@ def test_the_modules_lend_what_their_context_protocols_list():
     from lightning_rlhf.modules.policy import PolicyModule
     from lightning_rlhf.rewards import FunctionReward
 
+    import inspect
+
+    members = protocol_members(OnlineContext)
     assert {"generate", "reward", "step_rewards", "values", "more_prompts", "sum_over_processes", "tokenizer", "device",
-            "policy_logps", "reference_logps"} <= set(protocol_members(OnlineContext))
+            "policy_logps", "reference_logps"} <= set(members)
+    assert inspect.signature(members["generate"]).parameters["n"].default == 1  # samples per prompt, one unless asked
     online = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), create_algorithm("ppo"),
                                 reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))
     check_lends(online, OnlineContext)

@@ -124,3 +124,54 @@ def test_models_that_scale_their_logits_are_scored_as_sampled(tmp_path, tiny_tok
             else:  # T applies to the scaled logits the model samples from
                 logits = module.policy(input_ids=batch["input_ids"]).logits / temperature
                 torch.testing.assert_close(scored.sum(), naive_logps(logits, batch["input_ids"], batch["completion_mask"]).sum(-1), atol=1e-4, rtol=1e-5)
+
+
+class RecordingEngine:
+    """The Hugging Face engine, recording what each call was asked: a serving engine reads
+    each prompt once for its n samples only if the prompts reach it unrepeated."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def generate(self, prompt_ids, n, settings, seed=None, return_logps=False):
+        self.calls.append(([list(p) for p in prompt_ids], n))
+        return self.engine.generate(prompt_ids, n, settings, seed, return_logps)
+
+    def weights_changed(self):
+        self.engine.weights_changed()
+
+
+def test_generate_n_samples_per_prompt_reaches_the_engine_once_per_prompt(tiny_tokenizer, one_thread):
+    """ctx.generate(prompts, n=3): the engine gets each prompt once with n = 3, and the rollout
+    is prompt-major and the very one of the prompts repeated 3 times in the same random stream."""
+    module = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), create_algorithm("grpo", num_generations=3),
+                                reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))
+    module.configure_model()
+    prompt_ids = encode_prompts(module.tokenizer, PROMPTS[:2])
+    module.rollout_engine = RecordingEngine(HFEngine(module.policy, module.tokenizer, batch_size=4))
+    torch.manual_seed(0)
+    grouped = module.generate(prompt_ids, 1.0, 1.0, 8, n=3)
+    assert module.rollout_engine.calls == [(prompt_ids, 3)]
+    torch.manual_seed(0)
+    repeated = module.generate([ids for ids in prompt_ids for _ in range(3)], 1.0, 1.0, 8)
+    for key, value in grouped.batch.items():
+        assert torch.equal(value, repeated.batch[key]), key
+    assert grouped.completions == repeated.completions and len(set(grouped.completions)) > 2
+    assert torch.equal(grouped.finished, repeated.finished) and torch.equal(grouped.lengths, repeated.lengths)
+    for row in range(6):
+        prompt = prompt_ids[row // 3]
+        assert grouped.batch["input_ids"][row, : len(prompt)].tolist() == prompt
+
+
+def test_an_engine_that_returns_the_wrong_number_of_samples_is_an_error(tiny_tokenizer):
+    from lightning_rlhf.rollout import generate_rollout
+
+    class OneShort(RecordingEngine):
+        def generate(self, prompt_ids, n, settings, seed=None, return_logps=False):
+            return [group[:-1] for group in super().generate(prompt_ids, n, settings, seed, return_logps)]
+
+    model = AutoModelForCausalLM.from_pretrained(resolve("builtin:tiny-llama")).eval()
+    engine = OneShort(HFEngine(model, tiny_tokenizer))
+    with pytest.raises(ValueError, match="n = 2"):
+        generate_rollout(engine, tiny_tokenizer, encode_prompts(tiny_tokenizer, PROMPTS), SamplingSettings(max_new_tokens=4),
+                         torch.device("cpu"), n=2)

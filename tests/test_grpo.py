@@ -137,14 +137,15 @@ class RefillWorld:
     def batch(letters):
         return {"prompt_ids": [[ord(x)] for x in letters], "prompts": list(letters), "columns": [{} for _ in letters]}
 
-    def generate(self, prompt_ids, temperature, top_p, max_new_tokens):
+    def generate(self, prompt_ids, temperature, top_p, max_new_tokens, n=1):
         from lightning_rlhf.data.collate import pad_sequences
         from lightning_rlhf.rollout import Rollout
 
-        batch = pad_sequences([(ids, [1, 2] if i % 2 else [3]) for i, ids in enumerate(prompt_ids)], 0)
-        n = len(prompt_ids)
-        return Rollout(batch, [str(i % 2) for i in range(n)], torch.ones(n, dtype=torch.bool),
-                       torch.tensor([2 if i % 2 else 1 for i in range(n)]))
+        rows = [ids for ids in prompt_ids for _ in range(n)]  # prompt-major, as OnlineContext.generate lays them out
+        batch = pad_sequences([(ids, [1, 2] if i % 2 else [3]) for i, ids in enumerate(rows)], 0)
+        count = len(rows)
+        return Rollout(batch, [str(i % 2) for i in range(count)], torch.ones(count, dtype=torch.bool),
+                       torch.tensor([2 if i % 2 else 1 for i in range(count)]))
 
     def reward(self, prompts, completions, columns):
         return torch.tensor([float(p in self.INFORMATIVE and c == "1") for p, c in zip(prompts, completions)])

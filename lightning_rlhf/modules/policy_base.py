@@ -195,13 +195,14 @@ class PolicyModuleBase(L.LightningModule):
         """``forward(batch)``: the online module runs a rollout's scoring in pieces of rows."""
         return forward(batch)
 
-    def generate(self, prompt_ids, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64) -> Rollout:
-        """One sampled completion per prompt, in the training layout (timed for the metrics)."""
+    def generate(self, prompt_ids, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64, n: int = 1) -> Rollout:
+        """``n`` sampled completions per prompt, prompt-major, in the training layout (timed
+        for the metrics)."""
         start = time.perf_counter()
         if self.rollout_engine is None:
             self.rollout_engine = HFEngine(self.policy, self.tokenizer, self.generation_batch_size)
         settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device)
+        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device, n)
         self._generation_seconds += time.perf_counter() - start
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
