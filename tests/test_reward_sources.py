@@ -280,3 +280,58 @@ def test_spec_check_catches_a_wrong_type():
     with pytest.raises(Exception, match="threshold"):
         check_reward_spec({"class_path": "SafetyGatedReward", "init_args": {
             "helpfulness": "GoldReward", "safety": "GoldReward", "threshold": "high"}})
+
+
+# -- a source's state: checkpointed, frozen in eval mode ----------------------------------------
+def test_running_statistics_round_trip_through_a_checkpoint(tmp_path):
+    """The moments come back exactly (plain data, loadable with weights_only), nested in a
+    WeightedSum too, and the restored source whitens the next batch as the original does."""
+    original = WeightedSum([SafetyGatedReward(HELPFUL, SAFE, scores="probability"), HELPFUL], names=["gated", "helpful"])
+    original(PROMPTS, COMPLETIONS)
+    original(PROMPTS[1:], COMPLETIONS[1:])
+    path = tmp_path / "state.pt"
+    torch.save(original.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert set(state) == {"parts"} and set(state["parts"]) == {"gated"}  # the stateless parts save nothing
+    assert state["parts"]["gated"]["count"] == 5
+
+    restored = WeightedSum([SafetyGatedReward(HELPFUL, SAFE, scores="probability"), HELPFUL], names=["gated", "helpful"])
+    restored.load_state_dict(state)
+    gated, restored_gated = original.sources[0], restored.sources[0]
+    assert (restored_gated.count, restored_gated.running_mean, restored_gated.running_m2) == (
+        gated.count, gated.running_mean, gated.running_m2)
+    assert torch.equal(restored(PROMPTS, COMPLETIONS), original(PROMPTS, COMPLETIONS))
+
+
+def test_a_saved_state_the_source_cannot_hold_is_an_error():
+    gated = SafetyGatedReward(HELPFUL, SAFE, scores="probability")
+    gated(PROMPTS, COMPLETIONS)
+    with pytest.raises(ValueError, match="does not have"):
+        WeightedSum([gated], names=["renamed"]).load_state_dict(WeightedSum([gated], names=["gated"]).state_dict())
+    with pytest.raises(ValueError, match="does not keep"):
+        HELPFUL.load_state_dict(gated.state_dict())
+    assert HELPFUL.state_dict() == {}
+
+
+def test_eval_mode_freezes_the_running_statistics():
+    """After the first batch (logits [0, -2.197225, 0.847298]: mean -0.449976, std 1.571349),
+    an eval-mode batch [-2.197225, 0.847298] is whitened by those statistics and leaves them:
+    [(-2.197225 + 0.449976) / 1.571349, (0.847298 + 0.449976) / 1.571349] = [-1.111942, 0.825579]."""
+    source = SafetyGatedReward(HELPFUL, SAFE, scores="probability", is_safety=f"{__name__}.is_safety_prompt")
+    composite = WeightedSum([source])
+    composite(PROMPTS, COMPLETIONS)
+    frozen = (source.count, source.running_mean, source.running_m2)
+    composite.eval()
+    assert not source.training  # eval reaches a nested part
+    assert composite(PROMPTS[1:], COMPLETIONS[1:]).tolist() == pytest.approx([-1.111942, 0.825579], abs=1e-5)
+    assert (source.count, source.running_mean, source.running_m2) == frozen
+    composite.train()
+    composite(PROMPTS[1:], COMPLETIONS[1:])
+    assert source.count == 5
+
+
+def test_eval_mode_without_statistics_whitens_a_batch_by_its_own():
+    # As the first training batch is (test_running_whitening), but nothing is kept.
+    source = SafetyGatedReward(HELPFUL, SAFE, scores="probability", is_safety=f"{__name__}.is_safety_prompt").eval()
+    assert source(PROMPTS, COMPLETIONS).tolist() == pytest.approx([0.286363, -1.111942, 0.825579], abs=1e-5)
+    assert (source.count, source.running_mean, source.running_m2) == (0, 0.0, 0.0)

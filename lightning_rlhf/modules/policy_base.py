@@ -105,6 +105,7 @@ class PolicyModuleBase(L.LightningModule):
         self.generation_batch_size = generation_batch_size
         self.rollout_engine: RolloutEngine | None = None  # built at the first generate (see lightning_rlhf.engine)
         self._generation_seconds, self._generated_tokens = 0.0, 0
+        self._reward_was_training = True  # the reward source's mode before a validation pass
 
     # -- models -------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -279,6 +280,18 @@ class PolicyModuleBase(L.LightningModule):
         if self.reference_model is not None:
             self.reference_model.eval()
 
+    def on_validation_start(self) -> None:
+        # Validation rollouts are scored as training's are, but must not teach the reward
+        # source anything (running whitening statistics): the next training step, and a
+        # run resumed from a checkpoint, would otherwise depend on when validation ran.
+        self._reward_was_training = self.reward_source is not None and self.reward_source.training
+        if self.reward_source is not None:
+            self.reward_source.eval()
+
+    def on_validation_end(self) -> None:
+        if self.reward_source is not None:
+            self.reward_source.train(self._reward_was_training)
+
     def on_fit_end(self) -> None:
         if not self.export_dir:
             return
@@ -296,6 +309,9 @@ class PolicyModuleBase(L.LightningModule):
             checkpoint["algorithm_state"] = self.algorithm.state_dict()
         if self.reference_cache is not None:  # a resumed run reuses it instead of recomputing
             checkpoint["reference_cache"] = self.reference_cache.state_dict()
+        reward_state = self.reward_source.state_dict() if self.reward_source is not None else {}
+        if reward_state:  # e.g. SafetyGatedReward's running whitening statistics
+            checkpoint["reward_state"] = reward_state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "algorithm_state" in checkpoint:
@@ -305,6 +321,11 @@ class PolicyModuleBase(L.LightningModule):
             self.algorithm.load_state_dict(checkpoint["algorithm_state"])
         if "reference_cache" in checkpoint:
             self.reference_cache = ReferenceCache.from_state_dict(checkpoint["reference_cache"])
+        if "reward_state" in checkpoint:
+            if self.reward_source is None:
+                log.warning("the checkpoint holds the state of a reward source, and this module has none: not loaded")
+            else:
+                self.reward_source.load_state_dict(checkpoint["reward_state"])
         if self.reference_model is not None:
             for key, value in self.reference_model.state_dict().items():
                 checkpoint["state_dict"].setdefault(REFERENCE_PREFIX + key, value)

@@ -16,16 +16,60 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 
 class RewardSource(ABC):
-    """Scores (prompt, completion) pairs; higher is better."""
+    """Scores (prompt, completion) pairs; higher is better.
+
+    A source that learns from what it scores (running statistics that whiten its scores)
+    keeps that state in :meth:`state_dict`, which the policy module saves in its
+    checkpoints, and leaves it untouched while :attr:`training` is False (the module calls
+    :meth:`eval` for validation rollouts, :meth:`train` after them). A composite source
+    lists the sources it is built from in :meth:`parts`, and both reach them.
+    """
 
     #: ``score`` takes ``columns=`` (the prompt rows' other columns, one dict per completion)
     reads_columns: bool = False
+    #: False: score without updating any state (validation)
+    training: bool = True
+
+    def parts(self) -> dict[str, RewardSource]:
+        """The sources this one is built from, by name (a composite's); none for a leaf."""
+        return {}
+
+    def train(self, mode: bool = True) -> RewardSource:
+        """Let scoring update the source's state (``mode`` True), or freeze it; its parts too."""
+        self.training = mode
+        for part in self.parts().values():
+            part.train(mode)
+        return self
+
+    def eval(self) -> RewardSource:
+        return self.train(False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What scoring has taught the source, as plain data (a checkpoint loads with
+        ``weights_only=True``); its parts' under ``parts``. Empty for a stateless source."""
+        parts = {name: state for name, part in self.parts().items() if (state := part.state_dict())}
+        return {"parts": parts} if parts else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned; a subclass takes its own keys out first."""
+        unexpected = sorted(set(state) - {"parts"})
+        if unexpected:
+            raise ValueError(f"the saved reward state has {unexpected}, which {type(self).__name__} does not keep: "
+                             "was the reward spec changed?")
+        parts = self.parts()
+        unknown = sorted(set(state.get("parts", {})) - set(parts))
+        if unknown:
+            raise ValueError(f"the saved reward state has parts {unknown}, which {type(self).__name__} does not have "
+                             f"(it has {sorted(parts) or 'none'}): was the reward spec changed?")
+        for name, part_state in state.get("parts", {}).items():
+            parts[name].load_state_dict(part_state)
 
     @abstractmethod
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:

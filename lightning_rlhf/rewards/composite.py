@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -41,6 +41,9 @@ class WeightedSum(RewardSource):
             raise ValueError(f"{len(sources)} sources but {len(names)} names")
         self.sources, self.weights, self.names = list(sources), weights, _numbered(names)
         self.last_components: dict[str, Tensor] = {}
+
+    def parts(self) -> dict[str, RewardSource]:
+        return dict(zip(self.names, self.sources, strict=True))
 
     def score(self, prompts, completions, columns: list[dict] | None = None) -> Tensor:
         if len(self.sources) == 1:
@@ -90,9 +93,12 @@ class SafetyGatedReward(RewardSource):
     whitened. ``scores="probability"`` is for sources that already return [0, 1].
 
     WHITEN uses ``mean`` and ``std`` when both are given. Otherwise it uses running
-    statistics of every LOGIT(R_c) this source has produced, the current batch included
-    (merged in before the batch is whitened, so the first batch is whitened by its own
-    statistics); :meth:`reset_statistics` forgets them.
+    statistics of every LOGIT(R_c) this source has produced in training, the current batch
+    included (merged in before the batch is whitened, so the first batch is whitened by its
+    own statistics); :meth:`reset_statistics` forgets them. They are the source's
+    :meth:`state_dict` (a resumed run goes on with them), and they do not move while the
+    source is in eval mode (validation): a batch is then whitened by the statistics as they
+    are, or by its own when there are none yet.
 
     Which prompts are safety prompts: ``is_safety`` (a function of the prompts),
     ``safety_prompts`` (the prompts themselves, listed), or per call ``safety_flags``;
@@ -148,6 +154,20 @@ class SafetyGatedReward(RewardSource):
     def reset_statistics(self) -> None:
         self.count, self.running_mean, self.running_m2 = 0, 0.0, 0.0
 
+    def parts(self) -> dict[str, RewardSource]:
+        return {"helpfulness": self.helpfulness, "safety": self.safety}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "count": self.count, "running_mean": self.running_mean, "running_m2": self.running_m2}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        own = ("count", "running_mean", "running_m2")
+        missing = [key for key in own if key not in state]
+        if missing:
+            raise ValueError(f"the saved SafetyGatedReward state lacks {missing}")
+        super().load_state_dict({key: value for key, value in state.items() if key not in own})
+        self.count, self.running_mean, self.running_m2 = int(state["count"]), float(state["running_mean"]), float(state["running_m2"])
+
     def safety_flags(self, prompts: Sequence[str]) -> Tensor:
         """``[N]`` bool: which prompts are safety prompts."""
         flags = [p in self._safety_prompts for p in prompts]
@@ -176,20 +196,23 @@ class SafetyGatedReward(RewardSource):
             return values
         if self.mean is not None:
             return (values - self.mean) / self.std
-        self._update_statistics(values)
-        variance = self.running_m2 / (self.count - 1) if self.count > 1 else 1.0
-        return (values - self.running_mean) / max(variance, 1e-12) ** 0.5
+        if self.training:
+            self.count, self.running_mean, self.running_m2 = self._merged(values)
+            count, mean, m2 = self.count, self.running_mean, self.running_m2
+        else:
+            count, mean, m2 = (self.count, self.running_mean, self.running_m2) if self.count else self._merged(values)
+        variance = m2 / (count - 1) if count > 1 else 1.0
+        return (values - mean) / max(variance, 1e-12) ** 0.5
 
-    def _update_statistics(self, values: Tensor) -> None:
+    def _merged(self, values: Tensor) -> tuple[int, float, float]:
+        """(count, mean, M2) of the running statistics with ``values`` merged in."""
         # Chan et al.'s parallel merge of (count, mean, M2): exact, batch after batch.
         n = values.numel()
         batch_mean = values.mean().item()
         batch_m2 = ((values - batch_mean) ** 2).sum().item()
         total = self.count + n
         delta = batch_mean - self.running_mean
-        self.running_mean += delta * n / total
-        self.running_m2 += batch_m2 + delta**2 * self.count * n / total
-        self.count = total
+        return total, self.running_mean + delta * n / total, self.running_m2 + batch_m2 + delta**2 * self.count * n / total
 
 
 def _read_prompt_list(source: list[str] | str) -> set[str]:
