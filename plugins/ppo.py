@@ -188,8 +188,7 @@ class PPO(OnlineAlgorithm):
 
         # Statistics of the whole rollout, over every process of a data-parallel run.
         across = getattr(ctx, "sum_over_processes", None)
-        old = ctx.policy_logps(batch, temperature=self.temperature, entropy=True)
-        values = ctx.values(batch)
+        old, values = ctx.policy_logps_and_values(batch, temperature=self.temperature, entropy=True)
         mask = old.mask
         if self.needs_reference:
             reference = ctx.reference_logps(batch, temperature=self.temperature)
@@ -261,12 +260,12 @@ class PPO(OnlineAlgorithm):
         return self.ppo_epochs * math.ceil(rollout_size / self.minibatch_size)
 
     def loss(self, ctx: OnlineContext, batch) -> LossOutput:
-        new = ctx.policy_logps(batch, temperature=self.temperature, entropy=True)
+        # One backbone forward when the value head sits on the policy's backbone.
+        new, values = ctx.policy_logps_and_values(batch, temperature=self.temperature, entropy=True)
         mask = new.mask
         # Sums over this piece divided by the whole minibatch's tokens: exact under micro-batching.
         tokens = batch["loss_tokens"].clamp(min=1)
         policy_losses, policy_clipped = clipped_policy_loss(new.token_logps, batch["old_logps"], batch["advantages"], self.cliprange)
-        values = ctx.values(batch)
         value_losses, value_clipped = clipped_value_loss(values, batch["old_values"], batch["returns"], self.cliprange_value)
         policy_loss = masked_sum(policy_losses, mask) / tokens
         value_loss = masked_sum(value_losses, mask) / tokens

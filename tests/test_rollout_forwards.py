@@ -110,7 +110,7 @@ def test_rollout_batch_size_defaults_to_the_micro_batch_size_and_only_without_gr
     calls = scoring_forwards(module)
     batch = make_batch("prompt", module.tokenizer)
     experience = module.algorithm.rollout(module, batch)
-    assert calls["policy"] == [2, 1, 2, 1]  # log-probs, then the shared value head's backbone
+    assert calls["policy"] == [2, 1]  # log-probs and the shared value head's values from one forward a piece
     calls["policy"].clear()
     module.policy_logps(experience.minibatch([0, 1, 2]))  # with grad: the loop's micro-batches bound it
     assert calls["policy"] == [3]

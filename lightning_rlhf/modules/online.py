@@ -177,6 +177,43 @@ class OnlineMixin:
             return self.rollout_forward(lambda piece: head_values(self.policy, self.value_head, piece), batch)
         raise RuntimeError(f"algorithm {self.algorithm.name!r} declares needs_value = False: no critic was built")
 
+    def policy_logps_and_values(self, batch: dict[str, Tensor], temperature: float = 1.0,
+                                entropy: bool = False) -> tuple[SequenceLogps, Tensor]:
+        """``policy_logps(batch, temperature, entropy)`` and ``values(batch)``. With a value
+        head on the policy's backbone, from one backbone forward: its last hidden states
+        feed both the output head's chunked log-probs and the value head (a separate value
+        model runs its own)."""
+        if self.value_head is None:
+            return self.policy_logps(batch, temperature, entropy), self.values(batch)
+        return self.rollout_forward(lambda piece: self._logps_and_head_values(piece, temperature, entropy), batch)
+
+    def _logps_and_head_values(self, batch: dict[str, Tensor], temperature: float, entropy: bool) -> tuple[SequenceLogps, Tensor]:
+        self._captured_hidden = []
+        try:
+            logps = self._logps(self.policy, batch, temperature, entropy)
+            (hidden,) = self._captured_hidden
+        finally:
+            self._captured_hidden = None
+        if hidden.shape[:2] != batch["input_ids"].shape:
+            # one row per pair (data.shared_prompt) packs the hidden states: no value per position
+            raise RuntimeError("a value head on the policy's backbone needs one row per sequence, got a packed batch")
+        return logps, self.value_head(hidden[:, :-1])
+
+    def _decoder(self, model: torch.nn.Module, hf_model) -> torch.nn.Module | Callable[..., object]:
+        """The base's decoder; while ``_logps_and_head_values`` runs the policy, a call that also
+        keeps the last hidden states it returns, for the value head."""
+        decoder = super()._decoder(model, hf_model)
+        captured = self._captured_hidden
+        if captured is None or model is not self.policy:
+            return decoder
+
+        def keep_hidden(**inputs):
+            out = decoder(**inputs)
+            captured.append(out.last_hidden_state)
+            return out
+
+        return keep_hidden
+
     def rollout_forward(self, forward: Callable[[dict[str, Tensor]], RowResult], batch: dict[str, Tensor]) -> RowResult:
         """``forward(batch)``; without grad (a rollout's scoring), in pieces of
         ``online.rollout_rows`` rows: the whole rollout in one forward is the peak of a
@@ -308,20 +345,27 @@ class OnlineMixin:
             logger.log_table(key="train/samples", columns=columns, data=rows)
 
 
-RowResult = SequenceLogps | Tensor
+RowResult = SequenceLogps | Tensor | tuple[SequenceLogps | Tensor, ...]
 
 
 def in_row_pieces(forward: Callable[[dict[str, Tensor]], RowResult], batch: dict[str, Tensor], size: int | None) -> RowResult:
-    """``forward`` (a batch to its ``SequenceLogps`` or ``[N, T-1]`` tensor) run on pieces of
-    at most ``size`` rows, each trimmed of the padding past its own longest row, stitched
-    back in row order and padded with 0 to the batch's width. A right-padded row's tokens
-    never see the padding after them, so each row's result where its mask is 1 is the one
-    the whole batch gives; past a piece's width it is 0 (where the mask is 0 anyway)."""
+    """``forward`` (a batch to its ``SequenceLogps`` or ``[N, T-1]`` tensor, or a tuple of
+    them) run on pieces of at most ``size`` rows, each trimmed of the padding past its own
+    longest row, stitched back in row order and padded with 0 to the batch's width. A
+    right-padded row's tokens never see the padding after them, so each row's result where
+    its mask is 1 is the one the whole batch gives; past a piece's width it is 0 (where the
+    mask is 0 anyway)."""
     n = batch["input_ids"].shape[0]
     if size is None or size >= n:
         return forward(batch)
     parts = [forward(_row_piece(batch, start, min(start + size, n))) for start in range(0, n, size)]
+    return _stitch_results(parts, batch)
+
+
+def _stitch_results(parts: list[RowResult], batch: dict[str, Tensor]) -> RowResult:
     width = batch["input_ids"].shape[1] - 1
+    if isinstance(parts[0], tuple):
+        return tuple(_stitch_results([part[i] for part in parts], batch) for i in range(len(parts[0])))
     if isinstance(parts[0], SequenceLogps):
         entropy = _stitch([part.entropy for part in parts], width) if parts[0].entropy is not None else None
         return SequenceLogps(_stitch([part.token_logps for part in parts], width), batch["completion_mask"][:, 1:], entropy)

@@ -78,6 +78,7 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
         self.online_settings = online
         self.value_model = None
         self.value_head = None
+        self._captured_hidden: list[Tensor] | None = None  # the policy's last hidden states, for a value head
 
     def configure_other_models(self) -> None:
         if self.algorithm.needs_value:
