@@ -17,7 +17,7 @@ from lightning_rlhf import registry
 from lightning_rlhf.callbacks.divergence import DivergenceError
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.rewards.remote import RewardServerUnavailable
-from lightning_rlhf.training_cli import RLHFCLI
+from lightning_rlhf.training_cli import RLHFCLI, one_line
 
 # Errors with a message meant for the user: printed as one line by main().
 USER_ERRORS = (DataError, FileNotFoundError, registry.UnknownAlgorithmError, ValueError, DivergenceError,
@@ -47,29 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1 if isinstance(e, RUN_STOPPED) else 2
-
-
-def one_line(error: BaseException) -> str:
-    """The root cause of a (possibly nested) recipe error, prefixed by the recipe key it is at.
-
-    jsonargparse wraps an error raised while building the model or data in several layers
-    of "Parser key ...: Does not validate against any of the Union subtypes"; the cause at
-    the bottom of the chain is what the user needs (``Option 'betta' is not accepted``,
-    ``model path '...' does not exist``), and the keys crossed on the way say where.
-    """
-    import re
-
-    chain, keys = [], []
-    while error is not None and error not in chain:
-        chain.append(error)
-        for key in re.findall(r'Parser key "([^"]+)"', str(error).split("\n", 1)[0]):
-            if not keys or keys[-1] != key:
-                keys.append(key)
-        # ``raise ... from None`` cut the chain on purpose: what it hid (a parser's
-        # internal StopIteration, say) is not the user's problem.
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    message = " ".join(str(chain[-1]).split())
-    return f"{'.'.join(keys)}: {message}" if keys and len(chain) > 1 else message
 
 
 def _run(argv: list[str]) -> int:

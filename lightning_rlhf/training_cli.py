@@ -211,3 +211,41 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class RecipeCheckCLI(RLHFCLI):
+    """Parses and validates a recipe (keys, types, plugin names) without loading a model or
+    looking for its data: what a pipeline checks before its first stage runs, when the
+    data a fit reads is still to be written by an earlier stage."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:
+        pass  # a check changes no random state
+
+
+def one_line(error: BaseException) -> str:
+    """The root cause of a (possibly nested) recipe error, prefixed by the recipe key it is at.
+
+    jsonargparse wraps an error raised while building the model or data in several layers
+    of "Parser key ...: Does not validate against any of the Union subtypes"; the cause at
+    the bottom of the chain is what the user needs (``Option 'betta' is not accepted``,
+    ``model path '...' does not exist``), and the keys crossed on the way say where.
+    """
+    import re
+
+    chain, keys = [], []
+    while error is not None and error not in chain:
+        chain.append(error)
+        for key in re.findall(r'Parser key "([^"]+)"', str(error).split("\n", 1)[0]):
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        # ``raise ... from None`` cut the chain on purpose: what it hid (a parser's
+        # internal StopIteration, say) is not the user's problem.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    message = " ".join(str(chain[-1]).split())
+    return f"{'.'.join(keys)}: {message}" if keys and len(chain) > 1 else message

@@ -40,6 +40,9 @@ def test_unknown_stage_names_the_stage_and_lists_the_valid_ones():
         ([{"label": {**GOOD_LABEL, "kk": 4}}], r"stage 1 \(label\): unrecognized arguments: --kk 4"),
         ([{"label": {"policy": "x"}}], r"stage 1 \(label\): the following arguments are required"),
         ([{"fit": {"config": "recipes/nope.yaml"}}], r"stage 1 \(fit\): recipe 'recipes/nope.yaml' does not exist"),
+        ([{"fit": {"config": "recipes/dpo/tiny.yaml", "args": ["--model.algorithm.betta=0.2"]}}],
+         r"stage 1 \(fit\): model.algorithm: Option 'betta' is not accepted"),
+        ([{"label": {**GOOD_LABEL, "k": "{kk}"}}], r"unknown variable\(s\) \['\{kk\}'\]; 'vars' defines: none"),
         ([{"build": {"model": "x"}, "fit": {}}], r"stage 1 must be a one-key mapping"),
         ([], r"'stages' must be a non-empty list"),
         ([{"label": {**GOOD_LABEL, "k": "{seed}x"}}], r"stage 1 \(label\): argument --k: invalid int value: '0x'"),
@@ -107,3 +110,26 @@ def test_seeded_stages_repeat_per_seed_and_the_table_gives_intervals(tmp_path, m
 
 def test_options_become_flags():
     assert option_argv({"k": 4, "min_gap": 0.5, "check": True, "skip": False}) == ["--k", "4", "--min-gap", "0.5", "--check"]
+
+
+def test_vars_are_substituted_and_quick_replaces_them(tmp_path):
+    """``{name}`` takes its value from ``vars`` (a number stays a number); ``--quick`` swaps in
+    the file's ``quick`` values, seeds and output folder."""
+    import yaml
+
+    from lightning_rlhf.pipeline import load_pipeline
+
+    config = {"output_dir": "out", "seeds": [0, 1, 2], "vars": {"policy": "builtin:toyworld-seed{seed}", "k": 4},
+              "quick": {"seeds": [0], "output_dir": "quick-out", "vars": {"policy": "builtin:tiny-llama"}},
+              "stages": [{"label": {**GOOD_LABEL, "policy": "{policy}", "k": "{k}", "seed": "{seed}"}}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    full, quick = load_pipeline(path), load_pipeline(path, quick=True)
+    assert full.stages[0].for_seed(2).options["policy"] == "builtin:toyworld-seed2" and full.stages[0].options["k"] == 4
+    assert (quick.seeds, str(quick.output_dir)) == ([0], "quick-out")
+    assert quick.stages[0].options["policy"] == "builtin:tiny-llama" and quick.stages[0].options["output"] == "quick-out/pairs.jsonl"
+    assert str(load_pipeline(path, quick=True, output_dir=str(tmp_path / "o")).output_dir) == str(tmp_path / "o")
+    del config["quick"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(PipelineError, match="--quick needs a 'quick' mapping"):
+        load_pipeline(path, quick=True)

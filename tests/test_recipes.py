@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_rlhf.training_cli import RecipeCheckCLI as ParseOnlyCLI
 from lightning_rlhf.training_cli import RLHFCLI
 
 # recipes/pipelines holds pipeline files, recipes/rewards reward-source specs and
@@ -11,17 +12,6 @@ from lightning_rlhf.training_cli import RLHFCLI
 RECIPES = sorted(str(p) for p in Path("recipes").rglob("*.yaml") if not {"pipelines", "rewards", "judges"} & set(p.parts))
 PIPELINES = sorted(str(p) for p in Path("recipes/pipelines").glob("*.yaml"))
 JUDGES = sorted(str(p) for p in Path("recipes/judges").glob("*.yaml"))
-
-
-class ParseOnlyCLI(RLHFCLI):
-    """Parses and validates a recipe without loading any model (real-model recipes name
-    hub models this machine cannot download)."""
-
-    def before_instantiate_classes(self) -> None:
-        pass  # finding the data files belongs to a run: real-model recipes name data this machine lacks
-
-    def instantiate_classes(self) -> None:
-        pass
 
 
 def test_there_are_recipes():
