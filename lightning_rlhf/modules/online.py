@@ -202,8 +202,9 @@ class OnlineMixin:
     def _decoder(self, model: torch.nn.Module, hf_model) -> torch.nn.Module | Callable[..., object]:
         """The base's decoder; while ``_logps_and_head_values`` runs the policy, a call that also
         keeps the last hidden states it returns, for the value head. A wrapping call rather
-        than a forward hook: a hook added and removed around each call would make the
-        compiled decoder (``compile_policy``) recompile, its hooks being part of its guards."""
+        than a forward hook: the compiled decoder (``compile_policy``) does not guard on its
+        hooks (torch._dynamo's ``skip_nnmodule_hook_guards``), so it could miss a hook
+        added after it compiled."""
         decoder = super()._decoder(model, hf_model)
         captured = self._captured_hidden
         if captured is None or model is not self.policy:
