@@ -59,8 +59,9 @@ class ScriptedEngine:
         return
 
     def generate(self, prompt_ids, n: int, settings: SamplingSettings, seed=None, return_logps=False) -> list[list[Sample]]:
-        # A group's G samples come as G copies of its prompt (n = 1): the k-th copy in this
-        # call draws the k-th completion, so copies differ as real samples do.
+        # A group's G samples come as n = G samples of its prompt, or as G copies of it (a
+        # prompt that repeats in the batch): the k-th sample of a prompt in this call, counted
+        # either way, draws the k-th completion, so samples differ as real ones do.
         seen: dict[tuple, int] = {}
         out = []
         for ids in prompt_ids:

@@ -1,5 +1,7 @@
 """One contract test over every registered plugin: a new plugin is tested by registering it."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -32,8 +34,6 @@ def check_lends(module, protocol: type) -> None:
     """``module`` has every member of ``protocol``, each method accepts every argument the
     protocol names, and defaults to what the protocol says (a plugin that leaves ``n`` out
     gets what the protocol promised)."""
-    import inspect
-
     for name, declared in protocol_members(protocol).items():
         assert hasattr(module, name), f"{type(module).__name__} lacks {protocol.__name__}.{name}"
         if inspect.isfunction(declared):
@@ -55,8 +55,6 @@ def test_the_modules_lend_what_their_context_protocols_list():
     from lightning_rlhf.modules.policy import PolicyModule
     from lightning_rlhf.rewards import FunctionReward
 
-    import inspect
-
     members = protocol_members(OnlineContext)
     assert {"generate", "reward", "step_rewards", "values", "more_prompts", "sum_over_processes", "tokenizer", "device",
             "policy_logps", "reference_logps"} <= set(members)
@@ -68,8 +66,6 @@ def test_the_modules_lend_what_their_context_protocols_list():
 
 
 def test_online_plugins_type_their_context():
-    import inspect
-
     from lightning_rlhf import OnlineAlgorithm, OnlineContext
 
     for name, cls in list_algorithms().items():
