@@ -450,6 +450,10 @@ def pipeline_command(argv: list[str]) -> int:
     if summaries:
         note = f"{cpu_capability()} kernels; bars: 95% t-interval of the mean over seeds, x: each seed"
         written.append(frontier_figure(summaries, pipeline.output_dir / "frontier.png", note))
+    from lightning_rlhf.plot_runs import monitored_curves
+
+    if curves := monitored_curves(pipeline.output_dir, pipeline.output_dir / "curves.png"):
+        written.append(curves)
     (pipeline.output_dir / "pipeline.json").write_text(json.dumps({"stages": records, "cpu_capability": cpu_capability()}, indent=2) + "\n")
     (pipeline.output_dir / "summary.txt").write_text(table + "\n")
     print("\nwrote " + ", ".join(str(path) for path in [*written, pipeline.output_dir / "summary.txt"]))

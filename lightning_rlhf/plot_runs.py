@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Metrics drawn by default, in this order, when the runs logged them: what a reader of an
-# alignment run looks at first.
+# Metrics drawn by default, in this order, when the runs logged them (``*`` as in a shell):
+# what a reader of an alignment run looks at first. ``train/objective/scores`` is an online
+# run's mean reward of its samples (the proxy, when it trains against a reward model),
+# ``train/monitor/*`` what a monitored reward (``monitor: {gold: gold}``) gave the same samples.
 DEFAULT_METRICS = (
-    "train/reward", "val/reward", "train/loss", "val/loss", "train/kl", "train/rewards/accuracies",
-    "val/rewards/accuracies", "val/accuracy", "train/entropy", "train/completion_length",
+    "train/objective/scores", "train/monitor/*", "val/objective/scores", "train/loss", "val/loss",
+    "train/rewards/accuracies", "val/accuracy", "train/objective/kl", "train/kl", "train/reward/*",
 )
 MAX_DEFAULT_PANELS = 6
 
@@ -34,8 +36,10 @@ def training_curves(runs: list[tuple[str, object]], metrics: list[str] | None) -
     step is Lightning's ``trainer/global_step`` where it was logged, else W&B's row index."""
     logged = set().union(*(run.keys() for _, run in runs)) if runs else set()
     if metrics is None:
-        metrics = [m for m in DEFAULT_METRICS if m in logged][:MAX_DEFAULT_PANELS]
-        metrics += sorted(k for k in logged if k.startswith("train/reward/"))[: max(0, MAX_DEFAULT_PANELS - len(metrics))]
+        from fnmatch import fnmatch
+
+        metrics = list(dict.fromkeys(k for pattern in DEFAULT_METRICS for k in sorted(logged) if fnmatch(k, pattern)))
+        metrics = metrics[:MAX_DEFAULT_PANELS]
     curves: dict[str, list[tuple[str, list[float], list[float]]]] = {}
     for metric in metrics:
         for label, run in runs:
@@ -44,6 +48,25 @@ def training_curves(runs: list[tuple[str, object]], metrics: list[str] | None) -
             if points:
                 curves.setdefault(metric, []).append((label, [float(s) for s, _ in points], [float(v) for _, v in points]))
     return curves
+
+
+def monitored_curves(folder: Path, path: Path) -> Path | None:
+    """The online runs below ``folder`` that monitored a reward: the reward they trained on
+    (``train/objective/scores``) and each monitored one over training, a panel each, a line
+    per run (``seed0/ppo``, ...); None when no run monitored one."""
+    from lightning_rlhf.plots import metric_panels
+    from lightning_rlhf.tracking import read_offline_run
+
+    runs = []
+    for run_file in find_wandb_runs(folder):
+        run = read_offline_run(run_file, timeout=10)
+        if any(key.startswith("train/monitor/") for key in run.keys()):
+            runs.append((_run_label(folder, run_file, run, False), run))
+    if not runs:
+        return None
+    monitored = sorted({key for _, run in runs for key in run.keys() if key.startswith("train/monitor/")})
+    curves = training_curves(runs, ["train/objective/scores", *monitored])
+    return metric_panels(curves, path, title="The reward trained on (train/objective/scores) and the monitored one, over training")
 
 
 def _run_label(folder: Path, run_file: Path, run, several_folders: bool) -> str:

@@ -59,11 +59,23 @@ def test_the_summary_holds_every_evaluation_over_both_seeds(quick_run):
 def test_the_frontier_figure_has_a_gold_and_a_proxy_panel(quick_run):
     out, printed = quick_run
     figure = out / "frontier.png"
-    assert f"wrote {out / 'evaluation.json'}, {figure}" in printed
+    assert f"wrote {out / 'evaluation.json'}, {figure}, {out / 'curves.png'}" in printed
     image = plt.imread(figure)
     height, width = image.shape[:2]
     assert width > 2 * height  # two panels side by side
     assert image[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_the_online_runs_log_the_gold_reward_beside_the_proxy(quick_run):
+    """PPO and GRPO train on the reward model and monitor the labeller's reward of the same
+    samples; curves.png draws both over training."""
+    from lightning_rlhf.tracking import read_offline_run
+
+    out, _ = quick_run
+    for run in ("ppo", "grpo"):
+        (log,) = (out / "seed0" / run).rglob("offline-run-*/run-*.wandb")
+        assert {"train/objective/scores", "train/monitor/gold"} <= read_offline_run(log).keys()
+    assert (out / "curves.png").stat().st_size > 10_000
 
 
 def test_every_evaluation_report_has_its_figure_beside_it(quick_run):

@@ -82,3 +82,40 @@ def test_each_part_is_logged_as_a_training_metric(tmp_path):
 
 def count_a(prompts, completions):
     return [float(c.count("a")) for c in completions]
+
+
+def test_a_monitored_reward_is_logged_but_never_trained_on(tmp_path):
+    """``monitor: {name: spec}`` scores the rollout's samples beside the training reward:
+    logged as ``train/monitor/<name>``, the mean over the same samples, and absent from the
+    loss (the run trains exactly as without it)."""
+    import lightning as L
+
+    from lightning_rlhf.data import PromptDataModule
+    from lightning_rlhf.models.config import ModelSettings
+    from lightning_rlhf.modules.online import OnlineSettings
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+    from lightning_rlhf.registry import create_algorithm
+    from tests.online_learning import write_prompts
+
+    def fit(monitor):
+        L.seed_everything(0)
+        module = OnlinePolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"),
+                                    create_algorithm("grpo", num_generations=2, max_new_tokens=6, beta=0.0),
+                                    reward=FunctionReward(LETTER_E), online=OnlineSettings(sample_table_every_n_steps=0),
+                                    monitor=monitor)
+        data = PromptDataModule(path=str(write_prompts(tmp_path, 4)), batch_size=4, max_length=32)
+        trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, data)
+        return trainer.callback_metrics, module
+
+    metrics, module = fit({"same": LETTER_E, "a": f"{__name__}.count_a"})
+    # the same function as the training reward: its monitor equals the plugin's own mean reward
+    torch.testing.assert_close(metrics["train/monitor/same"], metrics["train/objective/scores"])
+    assert "train/monitor/a" in metrics and module.hparams["monitor"]["a"] == f"{__name__}.count_a"
+    unmonitored, plain = fit(None)
+    assert "train/monitor/same" not in unmonitored
+    for (name, trained), untouched in zip(module.policy.named_parameters(), plain.policy.parameters()):
+        torch.testing.assert_close(trained, untouched, msg=name)
+    with pytest.raises(ValueError, match="not a metric name"):
+        OnlinePolicyModule(ModelSettings(name_or_path="builtin:tiny-llama"), create_algorithm("grpo"), monitor={"a/b": LETTER_E})

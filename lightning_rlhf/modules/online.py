@@ -141,14 +141,18 @@ class OnlineMixin:
         prompts calls this more than once."""
         scores = super().reward(prompts, completions, columns)
         parts = getattr(self, "_reward_parts", None)  # None outside an online step
-        for name, part in getattr(self.reward_source, "last_components", {}).items() if parts is not None else ():
-            parts.setdefault(name, []).append(part.detach().float().cpu())
+        if parts is not None:
+            for name, part in getattr(self.reward_source, "last_components", {}).items():
+                parts.setdefault(f"reward/{name}", []).append(part.detach().float().cpu())
+            for name, source in self.monitor_sources.items():
+                parts.setdefault(f"monitor/{name}", []).append(source(prompts, completions, columns).float().cpu())
         return scores
 
     def _reward_part_means(self) -> dict[str, Tensor]:
-        """``reward/<name>``: each part's mean over this rollout's scored samples (NaN, an
-        unscored sample, left out)."""
-        means = {f"reward/{name}": torch.cat(parts).nanmean() for name, parts in self._reward_parts.items()}
+        """``reward/<name>`` for each part of a composite reward and ``monitor/<name>`` for each
+        monitored reward: the mean over this rollout's scored samples (NaN, an unscored
+        sample, left out)."""
+        means = {name: torch.cat(parts).nanmean() for name, parts in self._reward_parts.items()}
         self._reward_parts = None
         return means
 

@@ -42,6 +42,7 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
         reward: RewardSource | None = None,
         critic: CriticSettings | None = None,
         online: OnlineSettings | None = None,
+        monitor: dict[str, str] | None = None,
     ):
         """
         Args:
@@ -63,6 +64,11 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
                 ``...GoldReward``, ``...FunctionReward``)
             critic: the value model of algorithms that need one (see ``models.critic``)
             online: the online loop's micro-batching, clipping and sample tables
+            monitor: rewards that score the same samples for the log only, never trained on:
+                name -> reward source shorthand (``{gold: gold}``), logged as
+                ``train/monitor/<name>`` and ``val/monitor/<name>``. Beside a reward model,
+                the gold reward shows over-optimisation: ``train/reward`` climbing while
+                ``train/monitor/gold`` does not
         """
         if not isinstance(algorithm, OnlineAlgorithm):
             raise TypeError(f"algorithm {algorithm.name!r} is not online: train it with lightning_rlhf.PolicyModule")
@@ -70,7 +76,7 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
         super().__init__(
             policy, algorithm, reference, optimizer, logps_chunk_size, compile_policy, disable_dropout,
             export_dir, export_merged, reward, online.generation_batch_size,
-            hparams={"critic": _asdict_or_none(critic), "online": _asdict_or_none(online)},
+            hparams={"critic": _asdict_or_none(critic), "online": _asdict_or_none(online), "monitor": monitor},
         )
         # Generate, score and update inside one step: manual optimisation.
         self.automatic_optimization = False
@@ -79,6 +85,7 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
         self.value_model = None
         self.value_head = None
         self._captured_hidden: list[Tensor] | None = None  # the policy's last hidden states, for a value head
+        self.monitor_sources = _monitor_sources(monitor)
 
     def configure_other_models(self) -> None:
         if self.algorithm.needs_value:
@@ -90,7 +97,8 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
     @classmethod
     def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
         return {**super().arguments_from_hparams(hparams), "critic": _critic_from_dict(hparams.get("critic")),
-                "online": OnlineSettings(**hparams["online"]) if hparams.get("online") else None}
+                "online": OnlineSettings(**hparams["online"]) if hparams.get("online") else None,
+                "monitor": hparams.get("monitor")}
 
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
@@ -109,6 +117,17 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
 
 def _asdict_or_none(settings) -> dict | None:
     return asdict(settings) if settings else None
+
+
+def _monitor_sources(monitor: dict[str, str] | None) -> dict[str, RewardSource]:
+    from lightning_rlhf.rewards.spec import load_reward_source
+
+    sources = {}
+    for name, spec in (monitor or {}).items():
+        if "/" in name or not name:
+            raise ValueError(f"monitor: {name!r} is not a metric name (no '/', not empty)")
+        sources[name] = load_reward_source(spec)
+    return sources
 
 
 def _critic_from_dict(values: dict | None) -> CriticSettings | None:
