@@ -98,7 +98,7 @@ def test_killed_and_resumed_run_restores_the_running_statistics_exactly(tmp_path
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
-    assert checkpoint["reward_state"]["count"] == 4 * 6 * 2  # 4 rollouts of 6 prompts x 2 samples
+    assert checkpoint["reward_state"]["reward"]["count"] == 4 * 6 * 2  # 4 rollouts of 6 prompts x 2 samples
 
     resumed = fit_in_process("--config", str(gated_recipe(tmp_path, "killed", name="resume")), "--ckpt_path", str(last))
     assert resumed.trainer.global_step == 6
@@ -109,3 +109,39 @@ def test_killed_and_resumed_run_restores_the_running_statistics_exactly(tmp_path
     expected = whole.model.policy.state_dict()
     for key, value in resumed.model.policy.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_every_source_the_module_scores_with_is_checkpointed_and_frozen(caplog):
+    """A module that scores with a second stateful source (a monitored reward) lists it in
+    ``reward_sources``; the hooks then save, restore and freeze both, each under its name."""
+    def gated() -> SafetyGatedReward:
+        return SafetyGatedReward(FunctionReward(LETTER_E), FunctionReward(SAFETY_BY_LENGTH))
+
+    def module_with(reward: SafetyGatedReward, monitored: SafetyGatedReward) -> OnlinePolicyModule:
+        module = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), create_algorithm("rloo"), reward=reward)
+        module.reward_sources = lambda: {"reward": reward, "monitor/gated": monitored}
+        return module
+
+    prompts, completions = ["p"] * 3, ["a", "bee", "eeeeeeee"]
+    reward, monitored = gated(), gated()
+    reward(prompts, completions)
+    monitored(prompts[:2], completions[:2])
+    checkpoint = {"state_dict": {}}
+    module_with(reward, monitored).on_save_checkpoint(checkpoint)
+    assert {name: state["count"] for name, state in checkpoint["reward_state"].items()} == {"reward": 3, "monitor/gated": 2}
+
+    restored = module_with(gated(), gated())
+    restored.on_load_checkpoint(checkpoint)
+    assert [moments(source) for source in restored.reward_sources().values()] == [moments(reward), moments(monitored)]
+
+    restored.on_validation_start()
+    for source in restored.reward_sources().values():
+        source(prompts, completions)
+    assert [moments(source) for source in restored.reward_sources().values()] == [moments(reward), moments(monitored)]
+    restored.on_validation_end()
+    assert all(source.training for source in restored.reward_sources().values())
+
+    without_monitor = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), create_algorithm("rloo"), reward=gated())
+    without_monitor.on_load_checkpoint(checkpoint)
+    assert moments(without_monitor.reward_source) == moments(reward)
+    assert "'monitor/gated'" in caplog.text  # said, not silently dropped

@@ -105,7 +105,7 @@ class PolicyModuleBase(L.LightningModule):
         self.generation_batch_size = generation_batch_size
         self.rollout_engine: RolloutEngine | None = None  # built at the first generate (see lightning_rlhf.engine)
         self._generation_seconds, self._generated_tokens = 0.0, 0
-        self._reward_was_training = True  # the reward source's mode before a validation pass
+        self._reward_modes: dict[str, bool] = {}  # each reward source's mode before a validation pass
 
     # -- models -------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -208,6 +208,12 @@ class PolicyModuleBase(L.LightningModule):
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
 
+    def reward_sources(self) -> dict[str, RewardSource]:
+        """Every reward source the module scores with, by name: the checkpoint keeps the state
+        of each (``reward_state``) and validation freezes them. A module that scores with
+        more (rewards monitored for the log) adds them here."""
+        return {} if self.reward_source is None else {"reward": self.reward_source}
+
     def reward(self, prompts: list[str], completions: list[str], columns: list[dict] | None = None) -> Tensor:
         """Scores of the text from the module's reward source, ``[N]`` on the module's device;
         ``columns``: each prompt row's other columns, for sources that read them."""
@@ -281,16 +287,17 @@ class PolicyModuleBase(L.LightningModule):
             self.reference_model.eval()
 
     def on_validation_start(self) -> None:
-        # Validation rollouts are scored as training's are, but must not teach the reward
+        # Validation rollouts are scored as training's are, but must not teach a reward
         # source anything (running whitening statistics): the next training step, and a
         # run resumed from a checkpoint, would otherwise depend on when validation ran.
-        self._reward_was_training = self.reward_source is not None and self.reward_source.training
-        if self.reward_source is not None:
-            self.reward_source.eval()
+        sources = self.reward_sources()
+        self._reward_modes = {name: source.training for name, source in sources.items()}
+        for source in sources.values():
+            source.eval()
 
     def on_validation_end(self) -> None:
-        if self.reward_source is not None:
-            self.reward_source.train(self._reward_was_training)
+        for name, source in self.reward_sources().items():
+            source.train(self._reward_modes.get(name, True))
 
     def on_fit_end(self) -> None:
         if not self.export_dir:
@@ -309,7 +316,7 @@ class PolicyModuleBase(L.LightningModule):
             checkpoint["algorithm_state"] = self.algorithm.state_dict()
         if self.reference_cache is not None:  # a resumed run reuses it instead of recomputing
             checkpoint["reference_cache"] = self.reference_cache.state_dict()
-        reward_state = self.reward_source.state_dict() if self.reward_source is not None else {}
+        reward_state = {name: state for name, source in self.reward_sources().items() if (state := source.state_dict())}
         if reward_state:  # e.g. SafetyGatedReward's running whitening statistics
             checkpoint["reward_state"] = reward_state
 
@@ -321,11 +328,13 @@ class PolicyModuleBase(L.LightningModule):
             self.algorithm.load_state_dict(checkpoint["algorithm_state"])
         if "reference_cache" in checkpoint:
             self.reference_cache = ReferenceCache.from_state_dict(checkpoint["reference_cache"])
-        if "reward_state" in checkpoint:
-            if self.reward_source is None:
-                log.warning("the checkpoint holds the state of a reward source, and this module has none: not loaded")
-            else:
-                self.reward_source.load_state_dict(checkpoint["reward_state"])
+        sources = self.reward_sources()
+        for name, state in checkpoint.get("reward_state", {}).items():
+            if name in sources:
+                sources[name].load_state_dict(state)
+            else:  # e.g. a checkpoint evaluated without its reward
+                log.warning("the checkpoint holds the state of the reward source %r, which this module does not score with: "
+                            "not loaded", name)
         if self.reference_model is not None:
             for key, value in self.reference_model.state_dict().items():
                 checkpoint["state_dict"].setdefault(REFERENCE_PREFIX + key, value)
