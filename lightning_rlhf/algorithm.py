@@ -126,6 +126,12 @@ class OnlineContext(PolicyContext, Protocol):
         rollout). Only for a plugin whose ``needs_value`` is true."""
         ...
 
+    def policy_logps_and_values(self, batch: dict[str, Tensor], temperature: float = 1.0,
+                                entropy: bool = False) -> tuple[SequenceLogps, Tensor]:
+        """``policy_logps`` and ``values`` together: with a value head on the policy's
+        backbone, from one backbone forward. Only for a plugin whose ``needs_value`` is true."""
+        ...
+
     def more_prompts(self, count: int, draw: int) -> dict[str, Any]:
         """``count`` more training prompts, a batch like the data loader's (``prompt_ids``,
         ``prompts``, ``columns``), seeded by the step and ``draw`` (which refill this is)."""

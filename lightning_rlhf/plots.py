@@ -155,7 +155,7 @@ def metric_panels(curves: dict[str, Sequence[tuple[str, Sequence[float], Sequenc
         for label, steps, values in lines:
             ax.plot(steps, values, linewidth=1.2, marker="." if len(steps) < 30 else None, color=colors(labels.index(label) % 10), label=label)
         ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("optimiser step", fontsize=8)
+        ax.set_xlabel("step (trainer/global_step as logged)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(curves):]:

@@ -57,7 +57,7 @@ def test_the_modules_lend_what_their_context_protocols_list():
 
     members = protocol_members(OnlineContext)
     assert {"generate", "reward", "step_rewards", "values", "more_prompts", "sum_over_processes", "tokenizer", "device",
-            "policy_logps", "reference_logps"} <= set(members)
+            "policy_logps", "reference_logps", "policy_logps_and_values"} <= set(members)
     assert inspect.signature(members["generate"]).parameters["n"].default == 1  # samples per prompt, one unless asked
     online = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), create_algorithm("ppo"),
                                 reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"))

@@ -335,3 +335,22 @@ def test_eval_mode_without_statistics_whitens_a_batch_by_its_own():
     source = SafetyGatedReward(HELPFUL, SAFE, scores="probability", is_safety=f"{__name__}.is_safety_prompt").eval()
     assert source(PROMPTS, COMPLETIONS).tolist() == pytest.approx([0.286363, -1.111942, 0.825579], abs=1e-5)
     assert (source.count, source.running_mean, source.running_m2) == (0, 0.0, 0.0)
+
+
+def test_a_composite_reward_is_saved_as_plain_data_and_rebuilt_whole():
+    """The module keeps its reward as a spec in the checkpoint: a composite's sources become
+    specs too (they were left out, or kept as Python objects a safe load refuses)."""
+    from lightning_rlhf.modules.online import reward_spec
+
+    gated = SafetyGatedReward(TableReward({"a": 0.9, "b": 0.8, "c": 0.7}), FunctionReward(f"{__name__}.completion_length"),
+                              scores="probability", is_safety=f"{__name__}.is_safety_prompt", whiten=False, threshold=0.2)
+    reward = WeightedSum([FunctionReward(f"{__name__}.completion_length"), gated], weights=[1.0, 0.5], names=["length", "gated"])
+    spec = reward_spec(reward)
+    assert json.loads(json.dumps(spec)) == spec  # plain data all the way down
+    inner = spec["init_args"]["sources"][1]
+    assert inner["class_path"] == "lightning_rlhf.rewards.composite.SafetyGatedReward"
+    assert inner["init_args"]["helpfulness"] == {"class_path": f"{__name__}.TableReward", "init_args": {"table": {"a": 0.9, "b": 0.8, "c": 0.7}}}
+    assert inner["init_args"]["threshold"] == 0.2
+    rebuilt = load_reward_source(spec)
+    assert reward_spec(rebuilt) == spec
+    torch.testing.assert_close(rebuilt(PROMPTS, COMPLETIONS), reward(PROMPTS, COMPLETIONS))

@@ -216,8 +216,10 @@ class OutageCheckpoint(Callback):
     from the loader, but run no optimiser step yet (the online module scores a rollout
     before it learns from it). The weights, optimiser, scheduler and ``global_step`` are
     still those of the last step; what the batch has changed is cheap to put back: the
-    RNG states and the plugin's own state (kept at ``on_train_batch_start``), the
-    loader's position and the loop's counters (:func:`rewind_batch_in_flight`).
+    RNG states, the plugin's own state and the reward sources' (running moments a
+    source may have updated while scoring part of the batch; all kept at
+    ``on_train_batch_start``), the loader's position and the loop's counters
+    (:func:`rewind_batch_in_flight`).
 
     The RNG states are given back at the same point they were taken, the resumed run's
     first ``on_train_batch_start``, not at ``on_train_start`` as ``RunState`` does: on the
@@ -247,10 +249,12 @@ class OutageCheckpoint(Callback):
             return  # a module that scores nothing waits on no server: no snapshot at every step
         algorithm = getattr(pl_module, "algorithm", None)
         has_state = callable(getattr(algorithm, "state_dict", None))
+        sources = pl_module.reward_sources() if callable(getattr(pl_module, "reward_sources", None)) else {}
         self._before_batch = {
             "global_step": trainer.global_step,
             "rng": capture_rng_states(),
             "algorithm": copy.deepcopy(algorithm.state_dict()) if has_state else None,
+            "rewards": {name: copy.deepcopy(source.state_dict()) for name, source in sources.items()},
         }
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -266,10 +270,13 @@ class OutageCheckpoint(Callback):
             log.warning("the reward server failed after an optimiser step of this batch: no checkpoint saved for it")
             return
         # The run ends here: put the state from before the batch back into the process and
-        # save as every checkpoint is saved (RunState reads the RNG, the module its plugin's state).
+        # save as every checkpoint is saved (RunState reads the RNG, the module its plugin's
+        # and its reward sources' state).
         restore_rng_states(before["rng"])
         if before["algorithm"] is not None:
             pl_module.algorithm.load_state_dict(before["algorithm"])
+        for name, source in pl_module.reward_sources().items():
+            source.load_state_dict(before["rewards"][name])
         path = os.path.join(_checkpoint_dir(trainer), f"{self.filename}.ckpt")
         self._saving = True
         try:

@@ -74,14 +74,36 @@ class OnlineSettings:
 
 
 def reward_spec(reward) -> dict | None:
-    """A reward source as ``{class_path, init_args}`` plain data, for checkpoints and the run config."""
+    """A reward source as ``{class_path, init_args}`` plain data, for checkpoints and the run
+    config: a composite's sources become specs in turn, so that a ``WeightedSum`` or a
+    ``SafetyGatedReward`` is rebuilt whole and the checkpoint holds no Python objects (it
+    loads with ``torch.load(weights_only=True)``). An argument that is not plain data is
+    left out."""
     if reward is None:
         return None
     cls = type(reward)
-    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    init_args = {n: getattr(reward, n) for n in names if hasattr(reward, n)}
-    init_args = {k: v for k, v in init_args.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+    init_args = {}
+    for name in inspect.signature(cls.__init__).parameters:
+        if name != "self" and hasattr(reward, name) and (value := _plain(getattr(reward, name))) is not _NOT_PLAIN:
+            init_args[name] = value
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value):
+    from lightning_rlhf.rewards.base import RewardSource
+
+    if isinstance(value, RewardSource):
+        return reward_spec(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(item is _NOT_PLAIN for item in items) else items
+    if isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if not all(isinstance(k, str) for k in items) or _NOT_PLAIN in items.values() else items
+    return value if isinstance(value, (str, int, float, bool, type(None))) else _NOT_PLAIN
 
 
 class OnlineMixin:

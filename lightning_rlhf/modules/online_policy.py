@@ -94,6 +94,11 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
                 # V_old (rollout) and V (update) must be the same function of the weights
                 disable_dropout(self.value_model)
 
+    def reward_sources(self) -> dict:
+        """The reward trained on and each monitored one (``monitor/<name>``): all are
+        checkpointed and frozen for validation alike."""
+        return {**super().reward_sources(), **{f"monitor/{name}": source for name, source in self.monitor_sources.items()}}
+
     @classmethod
     def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
         return {**super().arguments_from_hparams(hparams), "critic": _critic_from_dict(hparams.get("critic")),

@@ -22,6 +22,7 @@ a ``.yaml``/``.yml``/``.json`` file     a class spec as above (top level, or und
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,10 @@ def _read_spec_file(path: Path) -> dict:
 
 def build_from_class_spec(spec: dict[str, Any]) -> RewardSource:
     """``{"class_path": ..., "init_args": {...}}`` -> the source, through jsonargparse, so
-    types are checked and nested sources (``helpfulness: {class_path: ...}``) are built."""
-    parser, config = _parse(spec)
+    types are checked and nested sources (``helpfulness: {class_path: ...}``) are built.
+    The caller's dict is left as it was (jsonargparse turns nested mappings into namespaces
+    in place)."""
+    parser, config = _parse(copy.deepcopy(spec))
     return parser.instantiate_classes(config).reward
 
 
