@@ -143,7 +143,7 @@ def final_table(records: list[dict], summaries: dict | list[dict] | None) -> str
 def frontier_figure(summaries: Sequence[dict], path: str | Path, note: str = "") -> Path:
     """Every method's gold reward against its KL to the reference (best-of-n as a curve), and
     the proxy reward beside it when the evaluations scored one; a PNG at ``path``."""
-    from lightning_rlhf.plots import Point, reward_panels
+    from lightning_rlhf.plots import Bar, Point, reward_panels
 
     first = summaries[0]
     panels = [("policy_mean_reward", "reference_mean_reward", "mean_reward",
@@ -169,6 +169,11 @@ def frontier_figure(summaries: Sequence[dict], path: str | Path, note: str = "")
             label = f"best-of-n from {first['reference_label']} (n = {', '.join(str(r['n']) for r in rows)})"
             curve = (label, [r["kl"] for r in rows], [r[best_key]["mean"] for r in rows], [r[best_key]["half_width"] for r in rows])
         drawn.append((points, baseline, curve, ylabel))
+    bars = [Bar(f"best-of-{r['n']}", r["win_rate"]["mean"], r["win_rate"]["half_width"], tuple(r["win_rate"]["values"]), baseline=True)
+            for r in (best["rows"] if best else []) if r["n"] > 1]
+    for s in summaries:
+        if (win := s["figures"].get("win_rate")) is not None:
+            bars.append(Bar(s["policy_label"], win["mean"], win["half_width"], tuple(win["values"])))
     seeds = len(first["seeds"])
     title = f"What each method bought for its KL: {first['prompts']} held-out prompts, {seeds} seed{'s' if seeds > 1 else ''}"
-    return reward_panels(drawn, path, title, note)
+    return reward_panels(drawn, path, title, note, bars=(f"win rate vs {first['reference_label']} ({reward_name(first['reward'] or 'reward')})", bars))

@@ -54,14 +54,31 @@ def reward_vs_kl(
     return _save(fig, ax, path, title, note, legend, ncol=2)
 
 
-def reward_panels(panels: Sequence[tuple], path: str | Path, title: str, note: str = "") -> Path:
+@dataclass(frozen=True)
+class Bar:
+    """One bar: a mean, its interval half-width, each seed's value, and whether it is a
+    baseline (drawn grey) rather than a method (drawn in its colour of the other panels)."""
+
+    label: str
+    value: float
+    err: float = 0.0
+    seeds: tuple[float, ...] = ()
+    baseline: bool = False
+
+
+def reward_panels(panels: Sequence[tuple], path: str | Path, title: str, note: str = "",
+                  bars: tuple[str, Sequence[Bar]] | None = None) -> Path:
     """Reward-against-KL panels side by side, one per ``(points, baseline, curve, ylabel)``
-    (see :func:`reward_vs_kl`): the gold reward and a proxy's, say, for the same methods."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), dpi=110, squeeze=False)
+    (see :func:`reward_vs_kl`): the gold reward and a proxy's, say, for the same methods;
+    ``bars``: ``(ylabel, bars)``, a last panel of shares (win rates) with a line at 50%."""
+    count = len(panels) + (bars is not None)
+    fig, axes = plt.subplots(1, count, figsize=(6.2 * count, 5.0), dpi=110, squeeze=False)
     for ax, (points, baseline, curve, ylabel) in zip(axes[0], panels):
         _draw_reward_vs_kl(ax, points, curve, baseline, ylabel, percent=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
+    if bars is not None:
+        _draw_bars(axes[0][-1], *bars)
     fig.suptitle(title, fontsize=11)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
@@ -71,6 +88,23 @@ def reward_panels(panels: Sequence[tuple], path: str | Path, title: str, note: s
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _draw_bars(ax, ylabel: str, bars: Sequence[Bar]) -> None:
+    colors = plt.get_cmap("tab10")
+    methods = 0
+    for i, bar in enumerate(bars):
+        color = "0.6" if bar.baseline else colors(methods % 10)
+        methods += not bar.baseline
+        ax.bar(i, bar.value, yerr=bar.err, color=color, alpha=0.85, capsize=3)
+        if bar.seeds:
+            ax.scatter([i] * len(bar.seeds), bar.seeds, s=14, marker="x", color="black", alpha=0.6, zorder=3)
+    ax.axhline(0.5, color="0.45", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(bars)), [bar.label for bar in bars], rotation=30, ha="right", fontsize=8)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def _draw_reward_vs_kl(ax, points: Sequence[Point], curve, baseline: Point | None, ylabel: str, percent: bool) -> None:

@@ -56,13 +56,13 @@ def test_the_summary_holds_every_evaluation_over_both_seeds(quick_run):
         assert report["reference"]["mean_proxy_reward"] == summary["evaluations"][0]["figures"]["reference_mean_proxy_reward"]["values"][seed]
 
 
-def test_the_frontier_figure_has_a_gold_and_a_proxy_panel(quick_run):
+def test_the_frontier_figure_has_gold_proxy_and_win_rate_panels(quick_run):
     out, printed = quick_run
     figure = out / "frontier.png"
     assert f"wrote {out / 'evaluation.json'}, {figure}, {out / 'curves.png'}" in printed
     image = plt.imread(figure)
     height, width = image.shape[:2]
-    assert width > 2 * height  # two panels side by side
+    assert width > 3 * height  # three panels side by side
     assert image[..., :3].std() > 0.05  # drawn, not blank
 
 
