@@ -80,14 +80,7 @@ def reward_panels(panels: Sequence[tuple], path: str | Path, title: str, note: s
     if bars is not None:
         _draw_bars(axes[0][-1], *bars)
     fig.suptitle(title, fontsize=11)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write(fig, path, note)
 
 
 def _draw_bars(ax, ylabel: str, bars: Sequence[Bar]) -> None:
@@ -130,19 +123,24 @@ def _draw_reward_vs_kl(ax, points: Sequence[Point], curve, baseline: Point | Non
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
 
 
-def _save(fig, ax, path: str | Path, title: str, note: str, legend: str, ncol: int = 1) -> Path:
-    """Title, grid, legend and the note (kernel path, seeds) under the axes; then the file."""
-    ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc=legend, ncol=ncol)
+def _write(fig, path: str | Path, note: str = "", bottom: float = 0.03) -> Path:
+    """The note (kernel path, seeds) under the axes, then the file; the figure is closed."""
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _save(fig, ax, path: str | Path, title: str, note: str, legend: str, ncol: int = 1) -> Path:
+    """Title, grid, legend and the note (kernel path, seeds) under the axes; then the file."""
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend, ncol=ncol)
+    return _write(fig, path, note)
 
 
 @dataclass(frozen=True)
@@ -197,9 +195,4 @@ def metric_panels(curves: dict[str, Sequence[tuple[str, Sequence[float], Sequenc
     handles = [plt.Line2D([], [], color=colors(i % 10), label=label) for i, label in enumerate(labels)]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write(fig, path, bottom=0.04 + 0.03 * ((len(labels) - 1) // 4))
