@@ -260,10 +260,10 @@ def format_best_of_n(best_of_n: dict, reference_name: str = "reference") -> list
 
 
 def log_to_wandb(report: dict, project: str, name: str | None, config: dict, figure: Path | None = None,
-                 save_dir: Path | None = None) -> None:
+                 save_dir: Path | None = None) -> Path:
     """One W&B run with the metrics as summary values, the examples as a table and the
     figure as an image, kept under ``save_dir`` (default: W&B's own choice);
-    ``WANDB_MODE=offline`` is honoured by wandb itself."""
+    ``WANDB_MODE=offline`` is honoured by wandb itself. Returns the run's log file."""
     import wandb
 
     run = wandb.init(project=project, name=name, job_type="evaluate", config=config, dir=save_dir)
@@ -289,7 +289,9 @@ def log_to_wandb(report: dict, project: str, name: str | None, config: dict, fig
     run.log({"eval/examples": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in report["examples"]])})
     if figure is not None:
         run.log({"eval/reward_vs_kl": wandb.Image(str(figure))})
+    log_file = Path(run.settings.sync_file)
     run.finish()
+    return log_file
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -388,7 +390,9 @@ def evaluate_command(argv: list[str], reference_memo: dict | None = None) -> int
         print(f"\nwrote {output} and {figure}")
     if args.wandb_project:
         # beside the report, as a training run's log is beside its checkpoints
-        log_to_wandb(report, args.wandb_project, args.wandb_name, vars(args), figure, Path(args.output).parent if args.output else None)
+        log_file = log_to_wandb(report, args.wandb_project, args.wandb_name, vars(args), figure,
+                                Path(args.output).parent if args.output else None)
+        print(f"W&B run: {log_file}")
     return 0
 
 

@@ -75,10 +75,13 @@ def read_offline_run(path: str | Path, timeout: float = 60.0) -> OfflineRun:
     """Config, history rows, name, group, tags and artifacts of a ``run-*.wandb`` file.
 
     W&B's service process writes the file; ``run.finish()`` can return before it has
-    written the last records (seen on a loaded machine), so this waits, up to
-    ``timeout`` seconds, for the run's exit record, which is written last.
+    written the last records (seen on a loaded machine), or created the file at all, so
+    this waits, up to ``timeout`` seconds, for the file and for the run's exit record,
+    which is written last.
     """
     deadline = time.monotonic() + timeout
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the service may create the file after ``finish()`` returns, too
     while True:
         records = list(read_records(path))
         if any(r.WhichOneof("record_type") == "exit" for r in records):

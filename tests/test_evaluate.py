@@ -1,5 +1,7 @@
 """Evaluation arithmetic on hand-made samples, and a model against itself."""
 
+from pathlib import Path
+
 import pytest
 
 from lightning_rlhf.evaluate import evaluate_models, format_report, sequence_kl, win_rate
@@ -57,6 +59,10 @@ def test_the_proxy_reward_is_reported_beside_the_evaluation_reward_with_a_figure
     from lightning_rlhf.tracking import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb
+
+    # a run the process has open (a notebook's) stays apart from the evaluation's
+    left_open = wandb.init(project="left-open", dir=str(tmp_path / "other"))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Tell me a", "The weather", "Once upon", "hi"]))
     output = tmp_path / "report.json"
@@ -70,11 +76,14 @@ def test_the_proxy_reward_is_reported_beside_the_evaluation_reward_with_a_figure
     assert report["policy"]["mean_proxy_reward"] == report["reference"]["mean_proxy_reward"]
     proxy = [row["mean_proxy_reward"] for row in report["best_of_n"]["rows"]]
     assert proxy == sorted(proxy) and proxy == [row["mean_selection_reward"] for row in report["best_of_n"]["rows"]]
-    assert "mean proxy reward" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean proxy reward" in printed
     assert output.with_suffix(".png").stat().st_size > 10_000
-    (run_log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    run_log = Path(printed.split("W&B run: ", 1)[1].splitlines()[0])
+    assert run_log.is_relative_to(tmp_path)  # beside the report
     images = [row["eval/reward_vs_kl"] for row in read_offline_run(run_log).history if "eval/reward_vs_kl" in row]
     assert len(images) == 1 and images[0]["_type"] == "image-file"
+    left_open.finish()
 
     # a second evaluation against the same reference reuses its samples: nothing is drawn again
     assert len(memo) == 1
