@@ -266,7 +266,9 @@ def log_to_wandb(report: dict, project: str, name: str | None, config: dict, fig
     ``WANDB_MODE=offline`` is honoured by wandb itself. Returns the run's log file."""
     import wandb
 
-    run = wandb.init(project=project, name=name, job_type="evaluate", config=config, dir=save_dir)
+    # A run of its own even when the process holds one open (a training run's WandbLogger
+    # in the same process): W&B hands back that run otherwise, and the report lands in it.
+    run = wandb.init(project=project, name=name, job_type="evaluate", config=config, dir=save_dir, reinit="create_new")
     metrics = {
         "eval/policy_reward": report["policy"]["mean_reward"],
         "eval/reference_reward": report["reference"]["mean_reward"],
