@@ -85,7 +85,7 @@ def train(rows: Path, separator: str, seed: int, out: Path, args) -> str:
     from lightning_rlhf.data import StepwiseDataModule
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.modules.reward import RewardModule
+    from lightning_rlhf.modules.reward_module import RewardModule
     from lightning_rlhf.registry import create_algorithm
 
     L.seed_everything(seed, verbose=False)

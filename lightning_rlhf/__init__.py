@@ -53,7 +53,7 @@ def __getattr__(name: str):
 
         return OnlinePolicyModule
     if name == "RewardModule":
-        from lightning_rlhf.modules.reward import RewardModule
+        from lightning_rlhf.modules.reward_module import RewardModule
 
         return RewardModule
     raise AttributeError(name)

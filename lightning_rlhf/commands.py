@@ -48,7 +48,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("output", help="directory to write (loadable with from_pretrained)")
     parser.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter alone, not merged weights")
     args = parser.parse_args(argv)
-    from lightning_rlhf.modules.reward import checkpoint_module_class
+    from lightning_rlhf.modules.reward_module import checkpoint_module_class
 
     # Only what is written is loaded: a policy without its reference, critic or reward model.
     module = checkpoint_module_class(args.checkpoint).policy_from_checkpoint(args.checkpoint)

@@ -134,7 +134,7 @@ def two_label_classifier(tiny_tokenizer, tmp_path):
 
 
 def test_two_output_classifier_as_reward_source_is_an_error(two_label_classifier):
-    from lightning_rlhf.rewards.model import RewardModelSource
+    from lightning_rlhf.rewards.reward_model_source import RewardModelSource
 
     with pytest.raises(ValueError, match=r"classifier with 2 outputs \(num_labels=2\); a reward model has one scalar"):
         RewardModelSource(str(two_label_classifier))
@@ -142,7 +142,7 @@ def test_two_output_classifier_as_reward_source_is_an_error(two_label_classifier
 
 def test_two_output_classifier_in_reward_module_is_an_error(two_label_classifier):
     from lightning_rlhf.models.config import ModelSettings
-    from lightning_rlhf.modules.reward import RewardModule
+    from lightning_rlhf.modules.reward_module import RewardModule
     from lightning_rlhf_plugins.bradley_terry import BradleyTerry
 
     module = RewardModule(ModelSettings(name_or_path=str(two_label_classifier)), BradleyTerry())

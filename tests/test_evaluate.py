@@ -14,7 +14,7 @@ def test_win_rate_counts_ties_as_half():
     assert win_rate([0.0], [0.0]) == 0.5
 
 
-def test_kl_estimate_is_the_mean_log_ratio_of_sequences():
+def test_sequence_kl_is_the_mean_log_ratio_of_sequences():
     # log pi - log pi_ref per sample: (-3 - -5) = 2, (-10 - -9) = -1, (-4 - -4) = 0 -> mean 1/3
     assert sequence_kl([-3.0, -10.0, -4.0], [-5.0, -9.0, -4.0]) == pytest.approx(1 / 3)
 

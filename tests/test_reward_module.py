@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 from lightning_rlhf import RewardModule
 from lightning_rlhf.data.collate import pad_sequences
 from lightning_rlhf.models.config import LoraSettings, ModelSettings
-from lightning_rlhf.models.reward import last_token_index, sequence_rewards
+from lightning_rlhf.models.reward_head import last_token_index, sequence_rewards
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.reward_metrics import RewardMetrics
 from lightning_rlhf.rewards import RewardModelSource

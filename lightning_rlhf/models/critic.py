@@ -62,8 +62,8 @@ def load_value_model(settings: ModelSettings, policy_tokenizer) -> torch.nn.Modu
     A reward model exported as a LoRA adapter is merged first; then ``settings.lora`` (if
     any) puts fresh adapters on it, with the score head trained in full.
     """
-    from lightning_rlhf.models.reward import load_reward_model
-    from lightning_rlhf.rewards.model import load_exported_reward_model
+    from lightning_rlhf.models.reward_head import load_reward_model
+    from lightning_rlhf.rewards.reward_model_source import load_exported_reward_model
 
     tokenizer = load_tokenizer(settings)
     if tokenizer.get_vocab() != policy_tokenizer.get_vocab():
@@ -82,7 +82,7 @@ def load_value_model(settings: ModelSettings, policy_tokenizer) -> torch.nn.Modu
 
 def value_model_values(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """``[N, T-1]`` float32 values from a sequence-classification model's head at every position."""
-    from lightning_rlhf.models.reward import SCORE_HEAD, _head_dtype
+    from lightning_rlhf.models.reward_head import SCORE_HEAD, _head_dtype
 
     hf_model = unwrap(model)
     backbone = getattr(hf_model, hf_model.base_model_prefix)

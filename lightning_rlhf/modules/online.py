@@ -119,7 +119,7 @@ class OnlineMixin:
         self.value_model = load_value_model(model, self.tokenizer)
 
     def _default_critic_path(self) -> str:
-        from lightning_rlhf.rewards.model import RewardModelSource
+        from lightning_rlhf.rewards.reward_model_source import RewardModelSource
 
         # InstructGPT: the value function starts from the reward model.
         if isinstance(self.reward_source, RewardModelSource):

@@ -50,7 +50,7 @@ def load_reward_source(spec: str | dict | RewardSource) -> RewardSource:
         return RemoteReward(spec)
     path = Path(os.path.expanduser(spec))
     if path.is_dir() or spec.startswith("builtin:"):
-        from lightning_rlhf.rewards.model import RewardModelSource
+        from lightning_rlhf.rewards.reward_model_source import RewardModelSource
         from lightning_rlhf.rewards.steps import StepRewardSource, is_process_reward_model
 
         if is_process_reward_model(str(path)):  # its defaults: the weakest step, steps on lines

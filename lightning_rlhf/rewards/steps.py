@@ -81,7 +81,7 @@ class StepRewardSource(RewardSource):
         """Per completion, the probability that each of its steps is right, in order."""
         from lightning_rlhf.data.collate import pad_sequences
         from lightning_rlhf.data.stepwise import split_steps, step_scoring_positions
-        from lightning_rlhf.models.reward import position_rewards
+        from lightning_rlhf.models.reward_head import position_rewards
 
         encoded = [step_scoring_positions(self.tokenizer, p, split_steps(c, self.step_separator), self.step_separator,
                                           self.max_length) for p, c in zip(prompts, completions, strict=True)]

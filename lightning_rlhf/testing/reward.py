@@ -14,7 +14,7 @@ from lightning_rlhf.testing.samples import TINY_MODEL, make_batch
 def make_reward_module(algorithm: Algorithm, model: str = TINY_MODEL, **kwargs):
     """A :class:`~lightning_rlhf.RewardModule` on ``model`` (a fresh score head), ready to use."""
     from lightning_rlhf.models.config import ModelSettings
-    from lightning_rlhf.modules.reward import RewardModule
+    from lightning_rlhf.modules.reward_module import RewardModule
 
     module = RewardModule(ModelSettings(name_or_path=model), algorithm, **kwargs)
     module.configure_model()

@@ -95,7 +95,7 @@ class RewardModelSource(RewardSource):
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """``[N]`` float32 scores before ``offset`` and ``scale``."""
         from lightning_rlhf.data.collate import pad_sequences
-        from lightning_rlhf.models.reward import sequence_rewards
+        from lightning_rlhf.models.reward_head import sequence_rewards
 
         encoded = [self.encode(p, c) for p, c in zip(prompts, completions, strict=True)]
         # Similar lengths together waste less padding; the score does not depend on it.
@@ -144,7 +144,7 @@ def load_exported_reward_model(path: str, dtype: str = "float32"):
     from lightning_rlhf.models import builtin
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.models.loading import load_tokenizer
-    from lightning_rlhf.models.reward import load_reward_model
+    from lightning_rlhf.models.reward_head import load_reward_model
 
     directory = Path(builtin.resolve(path)).expanduser()
     if not directory.is_dir():

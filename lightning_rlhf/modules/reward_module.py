@@ -1,7 +1,7 @@
 """RewardModule: trains a scalar reward model with whatever objective its plugin defines.
 
 Step 2 of the InstructGPT / Llama 2 pipeline. The module owns the reward model (an LM
-backbone with a scalar ``score`` head, see ``models.reward``), the optimiser, the loop
+backbone with a scalar ``score`` head, see ``models.reward_head``), the optimiser, the loop
 and the metrics; it lends the plugin one thing, ``rewards(batch)``: a scalar per row.
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from lightning_rlhf.algorithm import Algorithm, algorithm_spec, check_data_kind
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import load_tokenizer
-from lightning_rlhf.models.reward import load_reward_model, position_rewards, sequence_rewards
+from lightning_rlhf.models.reward_head import load_reward_model, position_rewards, sequence_rewards
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.modules.policy_base import export_policy
