@@ -16,7 +16,6 @@ import time
 import warnings
 
 import torch
-from lightning.pytorch.accelerators import CPUAccelerator
 
 # bf16 slower than fp32 by more than this is the emulated path, not a rounding of noise.
 SLOW_BF16_RATIO = 2.0
@@ -71,6 +70,10 @@ def warn_if_slow_bf16(precision: str | int | None, accelerator: str | None) -> N
 
 
 def _runs_on_cpu(accelerator) -> bool:
+    # imported here: importing Lightning takes seconds, and the pipeline and its workers
+    # read the kernel path long before (or without) any training
+    from lightning.pytorch.accelerators import CPUAccelerator
+
     if isinstance(accelerator, CPUAccelerator):
         return True
     name = str(accelerator or "auto").lower()

@@ -133,3 +133,67 @@ def test_vars_are_substituted_and_quick_replaces_them(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(PipelineError, match="--quick needs a 'quick' mapping"):
         load_pipeline(path, quick=True)
+
+
+def test_var_replaces_a_files_variable_and_a_typo_is_an_error(tmp_path):
+    """``--var NAME=VALUE`` replaces one of the file's ``vars`` (a number stays a number);
+    a name the file does not define is an error that lists the ones it does."""
+    import yaml
+
+    from lightning_rlhf.pipeline import _parse_vars
+
+    config = {"output_dir": "out", "vars": {"policy": "builtin:toyworld", "k": 4},
+              "stages": [{"label": {**GOOD_LABEL, "policy": "{policy}", "k": "{k}", "seed": "{seed}"}}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    variables = _parse_vars(["policy=builtin:toyworld-seed{seed}", "k=8"])
+    assert variables == {"policy": "builtin:toyworld-seed{seed}", "k": 8}
+    pipeline = load_pipeline(path, variables=variables)
+    assert pipeline.stages[0].for_seed(1).options["policy"] == "builtin:toyworld-seed1" and pipeline.stages[0].options["k"] == 8
+    with pytest.raises(PipelineError, match=r"--var polcy: not a variable of this file; its 'vars' are: k, policy"):
+        load_pipeline(path, variables={"polcy": "x"})
+    with pytest.raises(PipelineError, match="expected NAME=VALUE"):
+        _parse_vars(["policy"])
+    assert load_pipeline(path, jobs=3).jobs == 3
+    with pytest.raises(PipelineError, match="'jobs' must be a positive integer"):
+        load_pipeline(path, jobs=0)
+
+
+def _seeded_prompts_pipeline(tmp_path, jobs, train="{seed}", seeds=(0, 1, 2)):
+    # toy-prompts stages made seeded: each seed writes its own files, nothing heavy to import
+    return parse_pipeline({
+        "output_dir": str(tmp_path), "seeds": list(seeds), "jobs": jobs,
+        "stages": [
+            {"toy-prompts": {"train": 1, "heldout": 1}},
+            {"toy-prompts": {"train": train, "heldout": 2, "seed": "{seed}", "name": "p{seed}"}},
+            {"toy-prompts": {"train": 3, "heldout": 0, "seed": "{seed}", "name": "q{seed}"}},
+        ],
+    })
+
+
+def test_seeds_side_by_side_run_the_same_stages_and_write_the_same_files(tmp_path):
+    """``jobs: 2``: each seed's block runs in a worker process; the records come back in
+    seed order, the stage lines marked with the seed, and every file equals a serial run's."""
+    serial_dir, parallel_dir = tmp_path / "serial", tmp_path / "parallel"
+    serial = run_pipeline(_seeded_prompts_pipeline(serial_dir, jobs=1), print_fn=lambda line: None)
+    lines = []
+    parallel = run_pipeline(_seeded_prompts_pipeline(parallel_dir, jobs=2), print_fn=lines.append)
+    key = [(r["stage"], r["number"], r["seed"], r["outcome"]) for r in serial]
+    assert [(r["stage"], r["number"], r["seed"], r["outcome"]) for r in parallel] == key
+    assert [r["seed"] for r in parallel] == [None, 0, 0, 1, 1, 2, 2]
+    files = sorted(p.name for p in serial_dir.glob("*.jsonl"))
+    assert len(files) == 10  # 2 unseeded; seed 0 writes no training prompts
+    assert files == sorted(p.name for p in parallel_dir.glob("*.jsonl"))
+    assert all((serial_dir / f).read_text() == (parallel_dir / f).read_text() for f in files)
+    assert "running seeds 0, 1, 2 side by side: 2 processes" in "\n".join(lines)
+    for seed in (0, 1, 2):
+        assert f"[seed {seed}] [3/3] toy-prompts (seed {seed}) done" in "\n".join(lines)
+        assert f"[3/3] toy-prompts (seed {seed}) done" in (parallel_dir / "logs" / f"seed{seed}.log").read_text()
+
+
+def test_a_seed_that_fails_in_a_worker_names_the_seed_and_its_log(tmp_path):
+    pipeline = _seeded_prompts_pipeline(tmp_path, jobs=2, train="{seed}x", seeds=(0, 1))
+    with pytest.raises(PipelineError, match=r"seed \d: ValueError: invalid literal .* \(full log: .*logs/seed\d\.log\)"):
+        run_pipeline(pipeline, print_fn=lambda line: None)
+    log = (tmp_path / "logs" / "seed0.log").read_text()
+    assert "Traceback" in log and "ValueError" in log
