@@ -82,6 +82,13 @@ class ReferenceCache:
             out[row, positions[row]] = self.values[offset : offset + count]
         return out
 
+    def add_to(self, batch: dict[str, Tensor]) -> None:
+        """Put the batch's values under ``reference_token_logps`` when every row is cached
+        (the data module's collators call this)."""
+        values = self.lookup(batch)
+        if values is not None:
+            batch[BATCH_KEY] = values
+
     def state_dict(self) -> dict:
         keys = list(self.index)
         spans = torch.tensor([self.index[k] for k in keys], dtype=torch.long).reshape(-1, 2)
@@ -92,27 +99,6 @@ class ReferenceCache:
         spans = state["spans"].tolist()
         index = {k: (s[0], s[1]) for k, s in zip(state["sequence_keys"].tolist(), spans, strict=True)}
         return cls(state["key"], index, state["values"])
-
-
-class CachedReferenceCollator:
-    """Wraps a collator: adds ``reference_token_logps`` when the cache holds every row.
-
-    Reads the cache from ``holder.reference_cache`` at each call, so a cache attached
-    after the data loader was made is used (it is attached before the first batch is
-    drawn).
-    """
-
-    def __init__(self, collator, holder):
-        self.collator, self.holder = collator, holder
-
-    def __call__(self, rows: list[dict]) -> dict:
-        batch = self.collator(rows)
-        cache = getattr(self.holder, "reference_cache", None)
-        if cache is not None and isinstance(batch, dict) and "completion_mask" in batch:
-            values = cache.lookup(batch)
-            if values is not None:
-                batch[BATCH_KEY] = values
-        return batch
 
 
 # -- fingerprints and the key ------------------------------------------------------------
@@ -225,26 +211,27 @@ def save_to_disk(cache: ReferenceCache) -> None:
 CACHING_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy")
 
 
-def attach_to_fit(module) -> ReferenceCache | None:
+def attach_to_fit(module, datamodule) -> ReferenceCache | None:
     """Find (checkpoint, then disk) or compute the cache for this fit, hand it to the data
-    module's collators, and release a separate reference copy. None when it does not
-    apply: no data module with rows, a data kind whose sequences depend on the batch, or a
-    strategy that shards the weights."""
-    from lightning_rlhf.models.loading import unwrap
+    module (``use_reference_cache``), and release a separate reference copy. None when it
+    does not apply: no data module with rows, a data kind whose sequences depend on the
+    batch (``cacheable_rows`` is None), or a strategy that shards the weights.
 
+    What it uses of each side is public: the data module's ``cacheable_rows()``,
+    ``collator()``, ``batch_size`` and ``use_reference_cache()``; the module's
+    ``reference_network()``, ``reference_logps()``, ``reference_cache`` and
+    ``release_reference_copy()``.
+    """
     trainer = module.trainer
-    datamodule = getattr(trainer, "datamodule", None)
-    train_rows = getattr(datamodule, "train_rows", None)
-    if not train_rows or not getattr(datamodule, "reference_cacheable", False):
+    rows = datamodule.cacheable_rows() if callable(getattr(datamodule, "cacheable_rows", None)) else None
+    if rows is None:
         return None
     strategy = type(trainer.strategy).__name__
     if strategy not in CACHING_STRATEGIES:
         log.info("reference log-probs are computed at every step under %s (the cache needs whole weights)", strategy)
         return None
-    val_rows = list(getattr(datamodule, "val_rows", None) or [])
-    if module.reference_model is None and not module.uses_adapter_reference:
-        module.reference_model = module._reload_reference()  # released by an earlier fit: the policy has moved
-    reference = module.reference_model if module.reference_model is not None else unwrap(module.policy)
+    train_rows, val_rows = rows[0], list(rows[1] or [])
+    reference = module.reference_network()  # reloaded if an earlier fit released it: the policy has moved
     key = cache_key(model_fingerprint(reference), data_fingerprint(train_rows, val_rows), str(trainer.precision))
     key = trainer.strategy.broadcast(key)  # every rank uses rank 0's key
     cache, source = module.reference_cache, "the checkpoint"
@@ -261,8 +248,7 @@ def attach_to_fit(module) -> ReferenceCache | None:
         if trainer.is_global_zero:
             save_to_disk(cache)
     log.info("reference log-probs of %d sequences (%d tokens) from %s", len(cache.index), cache.values.numel(), source)
-    module.reference_cache = datamodule.reference_cache = cache
-    if module.reference_model is not None:
-        # Every row is cached: the copy would only hold memory (reloaded if a batch misses).
-        module.reference_model = None
+    module.reference_cache = cache
+    datamodule.use_reference_cache(cache)
+    module.release_reference_copy()  # every row is cached: the copy would only hold memory
     return cache

@@ -71,3 +71,22 @@ class PreferenceCollator:
         if any(r is not None for r in ratings):
             batch["rating"] = ratings
         return batch
+
+
+class CachedReferenceCollator:
+    """Wraps a collator: the data module's reference cache, if it has one, adds its values
+    to each batch (``cache.add_to(batch)``, see ``lightning_rlhf.reference_cache``).
+
+    Reads ``holder.reference_cache`` at each call, so a cache handed over after the data
+    loader was made is used (it is handed over before the first batch is drawn).
+    """
+
+    def __init__(self, collator, holder):
+        self.collator, self.holder = collator, holder
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collator(rows)
+        cache = getattr(self.holder, "reference_cache", None)
+        if cache is not None and isinstance(batch, dict) and "completion_mask" in batch:
+            cache.add_to(batch)
+        return batch

@@ -10,14 +10,13 @@ import lightning as L
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rlhf.data.collate import PreferenceCollator, SFTCollator
+from lightning_rlhf.data.collate import CachedReferenceCollator, PreferenceCollator, SFTCollator
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.data.formats import RowChecker, parse_preference, parse_sft
 from lightning_rlhf.data.length_grouping import example_length, padding_share
 from lightning_rlhf.data.readers import read_rows
 from lightning_rlhf.data.sampler import ResumableDataLoader
 from lightning_rlhf.data.tokenize import RenderError, Tokenization
-from lightning_rlhf.reference_cache import CachedReferenceCollator
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,14 @@ PADDING_HINT = 0.30  # above this share of padding, setup suggests group_by_leng
 
 
 class TextDataModule(L.LightningDataModule):
-    """Shared machinery; subclasses say how a row is parsed, encoded and collated."""
+    """Shared machinery; subclasses say how a row is parsed, encoded and collated.
+
+    What it needs from the model comes in through public calls, never by reading the
+    module: :meth:`connect` hands it the model's tokenizer (the policy and reward modules
+    call it from their ``setup``), :meth:`use_reference_cache` the cached reference
+    log-probs its collators add to each batch (``lightning_rlhf.reference_cache``), and
+    :meth:`cacheable_rows` is what that cache is computed over.
+    """
 
     data_kind: ClassVar[str]
     #: the fields a row of this kind is read from; ``columns`` may map any of them
@@ -62,7 +68,7 @@ class TextDataModule(L.LightningDataModule):
             max_prompt_length: longest prompt in tokens (default: half of ``max_length``)
             split: the split to read from a dataset with several
             chat_template: overrides the tokenizer's template for conversational rows
-            tokenizer: tokenizer id or path; default: the model's, lent by the module
+            tokenizer: tokenizer id or path; default: the model's, handed over by :meth:`connect`
             pad_to_multiple_of: pad batch width to a multiple of this (tensor-core friendly)
             seed: shuffling and the validation split
             group_by_length: batch rows of similar length together, so that little of a batch
@@ -84,10 +90,12 @@ class TextDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.columns = self.check_columns(columns or {})
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.model_tokenizer: PreTrainedTokenizerBase | None = None  # handed over by connect()
+        self._stage_waiting_for_tokenizer: str | None = None  # setup() ran before connect()
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
         self.drop_reports: list[str] = []
-        self.reference_cache = None  # set by PolicyModule at the start of fit; read by the collator
+        self.reference_cache = None  # see use_reference_cache(); read by the collators at every batch
 
     # -- what subclasses provide ------------------------------------------------------
     def parse(self, checker: RowChecker):
@@ -117,7 +125,32 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"columns: one column mapped to two fields in {columns}")
         return dict(columns)
 
-    def _resolve_tokenizer(self) -> PreTrainedTokenizerBase:
+    # -- what the model hands over -------------------------------------------------------
+    def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Hand over the model's tokenizer, used unless ``tokenizer`` names another.
+
+        Lightning sets the data module up before the module, so when ``setup`` finds no
+        tokenizer under a trainer the rows wait: the module's ``setup`` calls this, and the
+        rows are read then. Code that sets a data module up itself calls it first.
+        """
+        self.model_tokenizer = tokenizer
+        stage, self._stage_waiting_for_tokenizer = self._stage_waiting_for_tokenizer, None
+        if stage is not None:
+            self.setup(stage)
+
+    def use_reference_cache(self, cache) -> None:
+        """From the next batch on, the collators add ``cache``'s reference log-probs to every
+        batch whose rows it holds (``cache.add_to(batch)``); None stops it."""
+        self.reference_cache = cache
+
+    def cacheable_rows(self) -> tuple[list[dict], list[dict]] | None:
+        """The (training, validation) rows a reference cache is computed over, or None: before
+        ``setup``, or for a data kind whose sequences depend on the batch they are in."""
+        if not self.train_rows or not self.reference_cacheable:
+            return None
+        return self.train_rows, self.val_rows
+
+    def _resolve_tokenizer(self) -> PreTrainedTokenizerBase | None:
         if self.tokenizer is not None:
             return self.tokenizer
         if self.tokenizer_name is not None:
@@ -125,11 +158,7 @@ class TextDataModule(L.LightningDataModule):
             from lightning_rlhf.models.loading import load_tokenizer
 
             return load_tokenizer(ModelSettings(name_or_path=self.tokenizer_name))
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        tokenizer = getattr(module, "tokenizer", None)
-        if tokenizer is None:
-            raise ValueError(f"{type(self).__name__} needs a tokenizer: give `tokenizer`, or attach it to a module that has one")
-        return tokenizer
+        return self.model_tokenizer
 
     def load(self, path: str) -> list[dict]:
         """Read, check and tokenise every row of ``path``."""
@@ -158,7 +187,13 @@ class TextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows:
             return
-        self.tokenizer = self._resolve_tokenizer()
+        tokenizer = self._resolve_tokenizer()
+        if tokenizer is None:
+            if self.trainer is None:
+                raise ValueError(f"{type(self).__name__} needs a tokenizer: give `tokenizer`, or attach it to a module that has one")
+            self._stage_waiting_for_tokenizer = stage or "fit"  # read when the module connects (see connect)
+            return
+        self.tokenizer = tokenizer
         rows = self.load(self.path)
         if self.val_path is not None:
             self.train_rows, self.val_rows = rows, self.load(self.val_path)
@@ -183,7 +218,12 @@ class TextDataModule(L.LightningDataModule):
             log.warning("data: about %.0f%% of each batch's tokens would be padding; `data.group_by_length: true` "
                         "batches rows of similar length", 100 * share)
 
+    def _check_rows_read(self) -> None:
+        if self._stage_waiting_for_tokenizer is not None:  # no module connected a tokenizer
+            raise ValueError(f"{type(self).__name__} needs a tokenizer: give `tokenizer`, or attach it to a module that has one")
+
     def train_dataloader(self) -> DataLoader:
+        self._check_rows_read()
         # Resumable mid-epoch: the order is a function of (seed, epoch), the position is saved
         # in checkpoints (see data.sampler); each rank reads its own shard.
         trainer = self.trainer
@@ -202,6 +242,7 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
+        self._check_rows_read()
         if not self.val_rows:
             return []
         rows = sorted(self.val_rows, key=self.row_length) if self.group_by_length else self.val_rows

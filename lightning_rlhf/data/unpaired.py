@@ -132,6 +132,8 @@ class UnpairedDataModule(TextDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
+        if not self.train_rows:  # read when the module connects its tokenizer (see connect)
+            return
         desirable = sum(row["label"] for row in self.train_rows)
         self.train_label_counts = (desirable, len(self.train_rows) - desirable)
         log.info("unpaired training data: %d desirable, %d undesirable rows", *self.train_label_counts)

@@ -108,6 +108,7 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
         check_strategy(self.trainer.strategy, online=True, export_dir=self.export_dir)
+        self.connect(getattr(self.trainer, "datamodule", None))
 
     # -- the loop (modules/online.py) -----------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -103,6 +103,7 @@ class PolicyModule(PolicyModuleBase):
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
         check_strategy(self.trainer.strategy, online=False, export_dir=self.export_dir)
+        self.connect(getattr(self.trainer, "datamodule", None))
 
     # -- the loop -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -138,4 +139,4 @@ class PolicyModule(PolicyModuleBase):
 
     def on_fit_start(self) -> None:
         if self.cache_reference_logps and self.algorithm.needs_reference:
-            attach_to_fit(self)  # before the data loaders draw their first batch
+            attach_to_fit(self, self.trainer.datamodule)  # before the data loaders draw their first batch

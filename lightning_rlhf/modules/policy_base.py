@@ -276,6 +276,24 @@ class PolicyModuleBase(L.LightningModule):
         return self._compiled[1]
 
     # -- the fit --------------------------------------------------------------------------
+    def connect(self, datamodule: Any) -> None:
+        """Hand the data module what it takes from the model, the tokenizer
+        (``TextDataModule.connect``); called from ``setup``, once Lightning has attached both."""
+        if callable(getattr(datamodule, "connect", None)):
+            datamodule.connect(self.tokenizer)
+
+    def reference_network(self) -> torch.nn.Module:
+        """The network reference log-probs come from: the frozen copy (loaded again if it was
+        released), or the policy itself when the reference is the policy with adapters off."""
+        if self.reference_model is None and not self.uses_adapter_reference:
+            self.reference_model = self._reload_reference()
+        return self.reference_model if self.reference_model is not None else unwrap(self.policy)
+
+    def release_reference_copy(self) -> None:
+        """Drop the frozen reference copy (every row's reference log-probs are cached); a batch
+        the cache misses loads it again."""
+        self.reference_model = None
+
     def _reload_reference(self) -> torch.nn.Module:
         model = load_causal_lm(self.reference_settings or self.policy_settings, trainable=False)
         if self._trainer is not None:

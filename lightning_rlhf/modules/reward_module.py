@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -122,6 +123,13 @@ class RewardModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
         check_strategy(self.trainer.strategy, export_dir=self.export_dir)
+        self.connect(getattr(self.trainer, "datamodule", None))
+
+    def connect(self, datamodule: Any) -> None:
+        """Hand the data module the reward model's tokenizer (``TextDataModule.connect``);
+        called from ``setup``, once Lightning has attached both."""
+        if callable(getattr(datamodule, "connect", None)):
+            datamodule.connect(self.tokenizer)
 
     # -- what plugins may use -------------------------------------------------------------
     def rewards(self, batch: dict[str, Tensor]) -> Tensor:
