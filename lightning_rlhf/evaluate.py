@@ -113,6 +113,7 @@ def evaluate_models(
     samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
     batch_size: int = 64, seed: int = 0, best_of_n: Sequence[int] = (), selection_reward=None,
     columns: list[dict] | None = None, judge=None, proxy_reward=None, reference_side: ReferenceSide | None = None,
+    engine: str = "hf",
 ) -> dict:
     """Sample, score and compare; returns the report as a plain dict (see module docstring).
 
@@ -122,10 +123,12 @@ def evaluate_models(
     win rate is reported too. ``proxy_reward``: a second reward (the reward model a policy
     was trained against) whose means are reported beside the evaluation reward's, so
     over-optimisation shows. ``reference_side``: the reference's part, already drawn by
-    :func:`sample_reference` with these same arguments."""
+    :func:`sample_reference` with these same arguments. ``engine``: what samples
+    (``lightning_rlhf.generation.ENGINES``)."""
     from lightning_rlhf.generation import sample, sequence_logps
 
-    settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    settings = dict(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                    engine=engine)
     columns = columns or [{} for _ in prompts]
     if reference_side is None:
         reference_side = sample_reference(reference, reference_tokenizer, prompts, reward, settings, columns,
@@ -361,7 +364,7 @@ def evaluate_command(argv: list[str], reference_memo: dict | None = None) -> int
     policy, policy_tokenizer = load_policy(args.policy)
     reference, reference_tokenizer = load_policy(args.reference)
     settings = dict(n=args.samples, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                    batch_size=args.batch_size, seed=args.seed)
+                    batch_size=args.batch_size, seed=args.seed, engine=args.engine)
     memo_key = json.dumps([args.reference, args.prompts, args.limit, settings, args.reward, args.proxy_reward,
                            best_of_n, args.best_of_n_reward])
     reference_side = None if reference_memo is None else reference_memo.get(memo_key)
@@ -374,7 +377,7 @@ def evaluate_command(argv: list[str], reference_memo: dict | None = None) -> int
         policy, policy_tokenizer, reference, reference_tokenizer, prompts, reward,
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-        columns=columns, judge=judge, proxy_reward=proxy_reward, reference_side=reference_side,
+        columns=columns, judge=judge, proxy_reward=proxy_reward, reference_side=reference_side, engine=args.engine,
     )
     if best_of_n:
         report["best_of_n"]["selection_reward"] = args.best_of_n_reward or args.reward

@@ -19,9 +19,21 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rlhf.engine import HFEngine, Sample, SamplingSettings, pad_token_id
+from lightning_rlhf.decode_engine import DecodeEngine
+from lightning_rlhf.engine import HFEngine, RolloutEngine, Sample, SamplingSettings, pad_token_id
 
-__all__ = ["Sample", "encode_prompts", "sample", "sequence_logps"]
+__all__ = ["ENGINES", "Sample", "encode_prompts", "make_engine", "sample", "sequence_logps"]
+
+# The engines a setting names (``online.engine``, ``--engine``): both sample the same
+# distribution from the live model; ``decode`` prefills a prompt once for all its samples
+# and drops finished rows (lightning_rlhf.decode_engine), ``hf`` calls transformers' generate.
+ENGINES = {"hf": HFEngine, "decode": DecodeEngine}
+
+
+def make_engine(name: str, model, tokenizer: PreTrainedTokenizerBase, batch_size: int, progress: str | None = None) -> RolloutEngine:
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; engines: {', '.join(ENGINES)}")
+    return ENGINES[name](model, tokenizer, batch_size, progress=progress)
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
@@ -42,6 +54,7 @@ def sample(
     batch_size: int = 32,
     seed: int | None = 0,
     progress: str | None = None,
+    engine: str = "hf",
 ) -> list[list[Sample]]:
     """``n`` completions for each prompt (text); ``result[i][j]`` is prompt i's j-th sample.
 
@@ -49,12 +62,13 @@ def sample(
     greedily; no top-k, nothing from the checkpoint's generation config, so at temperature
     1 and top_p 1 the samples follow the model whose log-probabilities the trainer
     computes. ``seed`` seeds a private random stream (the caller's is untouched), so the
-    same seed, model, prompts and ``batch_size`` give the same samples. ``progress``: a
-    progress bar with this description.
+    same seed, model, prompts, ``batch_size`` and ``engine`` give the same samples.
+    ``progress``: a progress bar with this description. ``engine``: a name in
+    :data:`ENGINES`.
     """
     settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    engine = HFEngine(model, tokenizer, batch_size, progress=progress)
-    return engine.generate(encode_prompts(tokenizer, prompts), n, settings, seed=seed)
+    sampler = make_engine(engine, model, tokenizer, batch_size, progress=progress)
+    return sampler.generate(encode_prompts(tokenizer, prompts), n, settings, seed=seed)
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor
 
 from lightning_rlhf.algorithm import Experience, SequenceLogps, trim_padding
+from lightning_rlhf.generation import ENGINES, make_engine
 from lightning_rlhf.models.critic import CriticSettings, ValueHead, head_values, load_value_model, value_model_values
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.rollout import Rollout
@@ -50,7 +51,12 @@ class OnlineSettings:
     micro_batch_size: int | None = None
     """rows per forward/backward inside a minibatch (gradient accumulation); None: the whole minibatch"""
     generation_batch_size: int = 64
-    """prompts decoded together during a rollout"""
+    """sampled rows decoded together during a rollout"""
+    engine: str = "hf"
+    """what samples the rollouts: ``hf`` (transformers' ``generate``; every sample prefilled,
+    every row kept to the longest) or ``decode`` (one prefill per prompt shared by its
+    samples, finished rows dropped: faster for groups; the same distribution, other draws
+    for a seed); see ``lightning_rlhf.generation.ENGINES``"""
     rollout_batch_size: int | None = None
     """rows per forward without grad during a rollout (the policy's, the reference's and the
     critic's log-probs and values, each piece trimmed of its own padding); None:
@@ -63,6 +69,8 @@ class OnlineSettings:
     sample_table_rows: int = 8
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"online.engine must be one of {sorted(ENGINES)}, got {self.engine!r}")
         for name in ("micro_batch_size", "rollout_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"online.{name} must be positive, got {getattr(self, name)}")
@@ -110,6 +118,10 @@ class OnlineMixin:
     """Rollouts, critic and the manual update loop; mixed into OnlinePolicyModule."""
 
     # -- models ---------------------------------------------------------------------------
+    def build_rollout_engine(self):
+        """The engine ``online.engine`` names, on the live policy."""
+        return make_engine(self.online_settings.engine, self.policy, self.tokenizer, self.online_settings.generation_batch_size)
+
     def configure_critic(self) -> None:
         settings = self.critic_settings or CriticSettings()
         if settings.share_policy_backbone:

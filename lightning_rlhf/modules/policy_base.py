@@ -201,12 +201,16 @@ class PolicyModuleBase(L.LightningModule):
         for the metrics)."""
         start = time.perf_counter()
         if self.rollout_engine is None:
-            self.rollout_engine = HFEngine(self.policy, self.tokenizer, self.generation_batch_size)
+            self.rollout_engine = self.build_rollout_engine()
         settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device, n)
         self._generation_seconds += time.perf_counter() - start
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
+
+    def build_rollout_engine(self) -> RolloutEngine:
+        """What samples this module's completions (the online module lets a setting choose)."""
+        return HFEngine(self.policy, self.tokenizer, self.generation_batch_size)
 
     def reward_sources(self) -> dict[str, RewardSource]:
         """Every reward source the module scores with, by name: the checkpoint keeps the state

@@ -1,0 +1,166 @@
+"""A rollout engine with its own decoding loop over a Hugging Face causal LM.
+
+:class:`~lightning_rlhf.engine.HFEngine` calls ``model.generate``, which prefills every
+sample's copy of its prompt and keeps every row in the batch until the longest finishes.
+Group-based RL asks for many samples of few prompts, with lengths that differ, so this
+engine does what a serving engine does, on the same live module:
+
+- **one prefill per prompt**: the prompts of a batch are prefilled once, and the KV cache
+  and the last logits are then repeated ``n`` times (``DynamicCache.batch_repeat_interleave``);
+- **finished rows leave the batch**: once a share of the rows has written EOS, the cache
+  keeps only the unfinished ones (``batch_select_indices``), so later steps compute only
+  what is still sampled;
+- **the distribution is the trainer's**: ``softmax(logits / T)``, truncated by ``top_k``
+  then ``top_p`` when asked (transformers' order), positions counted from each row's first
+  real token (as the trainer's right-padded forward counts them).
+
+It samples the same distribution as ``HFEngine`` but not the same tokens for a given seed
+(the random draws come in another order), which is why it is a choice
+(``online.engine: decode``) and not a silent replacement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from lightning_rlhf.engine import (
+    Sample,
+    SamplingSettings,
+    _random_stream,
+    eos_token_ids,
+    left_pad,
+    neutral_generation_config,
+    pad_token_id,
+    to_sample,
+)
+
+# Drop finished rows once at least this share of the batch has finished: each drop copies
+# the KV cache, about what one decoding step reads, so dropping at every EOS would cost
+# more than it saves.
+COMPACT_SHARE = 0.25
+
+
+class DecodeEngine:
+    """Samples ``n`` completions per prompt with one prefill per prompt and a batch that
+    shrinks as rows finish. ``batch_size`` counts sampled rows, as ``HFEngine``'s does
+    (``batch_size // n`` prompts per batch, at least one)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 32, progress: str | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
+
+    def weights_changed(self) -> None:
+        return  # samples from the live module
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        n: int,
+        settings: SamplingSettings,
+        seed: int | None = None,
+        return_logps: bool = False,
+    ) -> list[list[Sample]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        model, tokenizer = self.model, self.tokenizer
+        eos_ids = eos_token_ids(model, tokenizer)
+        device = next(model.parameters()).device
+        prompts_per_batch = max(1, self.batch_size // n)
+        was_training = model.training
+        model.eval()
+        result: list[list[Sample]] = []
+        try:
+            with _random_stream(seed, device), neutral_generation_config(model):
+                starts = range(0, len(prompt_ids), prompts_per_batch)
+                if self.progress is not None:
+                    starts = tqdm(starts, desc=self.progress, unit="batch", mininterval=2.0, dynamic_ncols=True, disable=None)
+                for start in starts:
+                    rows = [list(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
+                    tokens, logps = self._decode(rows, n, settings, eos_ids, device, return_logps)
+                    samples = [to_sample(tokenizer, t, eos_ids, lp) for t, lp in zip(tokens, logps)]
+                    result.extend(samples[i * n : (i + 1) * n] for i in range(len(rows)))
+        finally:
+            model.train(was_training)
+        return result
+
+    def _decode(self, rows, n, settings, eos_ids, device, return_logps):
+        """Token ids (and sampler log-probs) of ``len(rows) * n`` samples, prompt-major."""
+        input_ids, attention_mask = left_pad(rows, pad_token_id(self.tokenizer))
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            use_cache=True, logits_to_keep=1)
+        cache, logits = output.past_key_values, output.logits[:, -1].float()
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            attention_mask = attention_mask.repeat_interleave(n, dim=0)
+            positions = positions.repeat_interleave(n, dim=0)
+        total = len(rows) * n
+        next_position = positions[:, -1:] + 1
+        eos = torch.tensor(sorted(eos_ids), device=device)
+        # live[j]: which sample the j-th row of the shrinking batch is
+        live = torch.arange(total, device=device)
+        sampled = torch.full((total, settings.max_new_tokens), -1, dtype=torch.long, device=device)
+        sampled_logps = torch.zeros((total, settings.max_new_tokens), device=device) if return_logps else None
+        finished_rows = torch.zeros(total, dtype=torch.bool, device=device)
+        for step in range(settings.max_new_tokens):
+            token, logp = sample_next(logits, settings, return_logps)
+            sampled[live, step] = token
+            if return_logps:
+                sampled_logps[live, step] = logp
+            done = torch.isin(token, eos)
+            finished_rows[live] |= done
+            if step + 1 == settings.max_new_tokens:
+                break
+            done_count = int(done.sum())  # the one host read per step: when to stop, when to shrink
+            if done_count == len(live):
+                break
+            if done_count:
+                # a finished row keeps decoding (its tokens after EOS are cut) until enough
+                # have finished to repay copying the cache
+                pending = finished_rows[live]
+                if int(pending.sum()) >= COMPACT_SHARE * len(live):
+                    keep = (~pending).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    live, token = live[keep], token[keep]
+                    attention_mask, next_position = attention_mask[keep], next_position[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
+            output = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+                                past_key_values=cache, use_cache=True)
+            logits = output.logits[:, -1].float()
+            next_position = next_position + 1
+        tokens = [[t for t in row if t >= 0] for row in sampled.tolist()]
+        if return_logps:
+            logps = [row[: len(t)] for row, t in zip(sampled_logps.tolist(), tokens)]
+        else:
+            logps = [None] * total
+        return tokens, logps
+
+
+def sample_next(logits: torch.Tensor, settings: SamplingSettings, return_logps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token per row from ``softmax(logits / T)`` truncated by top-k then top-p (greedy
+    at T = 0), and, when asked, its log-probability under the distribution it was drawn from."""
+    if settings.temperature == 0:
+        token = logits.argmax(-1)
+        return token, (logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1) if return_logps else None)
+    scores = logits / settings.temperature if settings.temperature != 1.0 else logits
+    if settings.top_k > 0 and settings.top_k < scores.shape[-1]:
+        kth = scores.topk(settings.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if settings.top_p < 1.0:
+        # transformers' rule: drop the tokens whose cumulative mass (ascending order) is at
+        # most 1 - top_p, always keeping the likeliest
+        ordered, order = scores.sort(dim=-1)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative <= 1 - settings.top_p
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    logps = scores.log_softmax(-1)
+    token = torch.multinomial(logps.exp(), 1).squeeze(1)
+    return token, (logps.gather(1, token[:, None]).squeeze(1) if return_logps else None)
