@@ -6,10 +6,13 @@ Per seed s:
 1. the SFT model (``builtin:arithmetic``) samples ``--train-samples`` completions per
    training prompt (sampling seed s); the world's verifier labels every step
    (``toyworld.arithmetic.label_steps``) and every outcome (the final answer);
-2. a PRM (``prm`` plugin, steps split on ".", ``RewardModule`` on the SFT model as
-   backbone) is trained on the step labels, and an ORM on the outcome labels (the same
-   plugin with the whole completion as its one step: a classifier of the final answer),
-   same data, same steps, same seed;
+2. a PRM (``prm`` plugin, steps split on ".", the SFT model as backbone) is trained on
+   the step labels, and an ORM on the outcome labels (the same plugin with the whole
+   completion as its one step: a classifier of the final answer), same data, same steps,
+   same seed. ``--scorer implicit`` (default): ``ImplicitPRMModule``, a step's logit is
+   beta times the log-likelihood ratio of the fine-tuned LM to the SFT model over the
+   step's tokens, plus a bias (``models.implicit_prm``); ``--scorer head``:
+   ``RewardModule``'s classification head read at the step's last token;
 3. on the held-out prompts the SFT model samples ``max(--ns)`` completions each (seed
    1000 + s); reported: the PRM's step accuracy and wrong-step F1 against the verifier's
    labels, the ORM's outcome accuracy, and held-out accuracy of best-of-n for each n
@@ -20,6 +23,9 @@ Each figure is a mean with its 95% t-interval over seeds. Writes ``<out>/prm.jso
 ``<out>/prm.md`` and the figure ``--figure``::
 
     python benchmarks/prm_tables.py --seeds 0 1 2 --figure docs/figures/prm_best_of_n.png
+
+Seeds run as separate processes (``--seeds 0 --out runs/prm-tables-p0``, ...) are joined
+with ``--merge runs/prm-tables-p*/prm.json --out runs/prm-tables --figure ...``.
 """
 
 from __future__ import annotations
@@ -85,12 +91,17 @@ def train(rows: Path, separator: str, seed: int, out: Path, args) -> str:
     from lightning_rlhf.data import StepwiseDataModule
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.optim import OptimizerSettings
+    from lightning_rlhf.modules.implicit_prm_module import ImplicitPRMModule
     from lightning_rlhf.modules.reward_module import RewardModule
     from lightning_rlhf.registry import create_algorithm
 
     L.seed_everything(seed, verbose=False)
-    module = RewardModule(ModelSettings(name_or_path=args.model), create_algorithm("prm", wrong_step_weight=args.wrong_step_weight),
-                          OptimizerSettings(learning_rate=args.learning_rate, warmup_ratio=0.05), export_dir=str(out))
+    settings, algorithm = ModelSettings(name_or_path=args.model), create_algorithm("prm", wrong_step_weight=args.wrong_step_weight)
+    optimizer = OptimizerSettings(learning_rate=args.learning_rate, warmup_ratio=0.05)
+    if args.scorer == "implicit":
+        module = ImplicitPRMModule(settings, algorithm, optimizer, export_dir=str(out), beta=args.beta)
+    else:
+        module = RewardModule(settings, algorithm, optimizer, export_dir=str(out))
     data = StepwiseDataModule(path=str(rows), step_separator=separator, batch_size=32, max_length=64, seed=seed)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, precision="32-true", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -202,22 +213,37 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--wrong-step-weight", type=float, default=1.0, help="the prm plugin's weight of wrong steps (and wrong outcomes)")
+    parser.add_argument("--scorer", choices=["implicit", "head"], default="implicit",
+                        help="how the PRM and the ORM score a step: implicit (beta * log-likelihood ratio of the "
+                             "fine-tuned LM to the SFT model, models.implicit_prm) or head (a classification head at the step's end)")
+    parser.add_argument("--beta", type=float, default=1.0, help="--scorer implicit: beta of the log-likelihood ratio")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--out", default="runs/prm-tables")
     parser.add_argument("--figure", default=None)
+    parser.add_argument("--merge", nargs="+", default=None, metavar="PRM_JSON",
+                        help="run nothing: join the per-seed results of these prm.json files (seeds run as separate "
+                             "processes, with the same settings) into one table, json and figure under --out")
     args = parser.parse_args()
 
     from lightning_rlhf.cpu import cpu_capability
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    per_seed = [run_seed(seed, args, out) for seed in args.seeds]
-    summary, table = summarise(per_seed, args.ns)
     kernels = cpu_capability()
+    if args.merge:
+        parts = [json.loads(Path(path).read_text()) for path in args.merge]
+        per_seed = [result for part in parts for result in part["per_seed"]]
+        args.seeds = [seed for part in parts for seed in part["seeds"]]
+        args.ns, args.heldout_prompts = parts[0]["args"]["ns"], parts[0]["args"]["heldout_prompts"]
+        kernels = "/".join(sorted({part["cpu_capability"] for part in parts}))
+        runs = {"runs": [{"command": part["command"], "args": part["args"]} for part in parts]}
+    else:
+        per_seed, runs = [run_seed(seed, args, out) for seed in args.seeds], {"args": vars(args)}
+    summary, table = summarise(per_seed, args.ns)
     text = f"{table}\n\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± 95% t-interval; {kernels} kernels"
     print("\n" + text)
     (out / "prm.md").write_text(text + "\n")
-    (out / "prm.json").write_text(json.dumps({"cpu_capability": kernels, "seeds": args.seeds, "args": vars(args),
+    (out / "prm.json").write_text(json.dumps({"cpu_capability": kernels, "seeds": args.seeds, **runs,
                                               "per_seed": per_seed, "summaries": summary, "command": ["python", *sys.argv]},
                                              indent=1))
     if args.figure:

@@ -25,6 +25,12 @@ class ProcessReward(Algorithm):
     an aggregate of them (``rewards.StepRewardSource``: min, product or last step).
     ``wrong_step_weight`` weighs the loss of wrong steps, which are rarer than right ones
     in most step-labelled sets.
+
+    Where z_s comes from is the module's choice: ``RewardModule`` reads a classification
+    head at the step's last token; ``ImplicitPRMModule`` (``models.implicit_prm``) takes
+    z_s = beta * sum over the step's tokens of log pi_theta / pi_ref, plus a bias, which
+    learns to check a step whose verdict the LM already predicts one token earlier (a
+    written total) where a head at the step's end does not.
     """
 
     stage = "reward"

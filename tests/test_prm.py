@@ -269,3 +269,157 @@ def test_the_prm_table_and_figure_from_per_seed_results(tmp_path):
     prm_tables.figure(summary, [1, 2, 4], str(path), "note")
     with Image.open(path) as image:
         assert image.format == "PNG"
+
+
+# -- implicit PRMs: a step scored by the LM's log-likelihood ratio ------------------------------
+
+
+def test_each_step_spans_its_tokens_from_its_first_to_its_scoring_token(tiny_tokenizer):
+    """One token per character, no BOS: ``Q?`` (tokens 0-1) + ``a1`` + ``\\n`` + ``b2``: the
+    first step covers tokens 2-4 (``a1`` and the separator), the second 5-6."""
+    from lightning_rlhf.data.stepwise import step_token_spans
+
+    ids, starts, ends = step_token_spans(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", max_length=64)
+    assert (starts, ends) == ([2, 5], [4, 6])
+    assert step_scoring_positions(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", max_length=64) == (ids, ends)
+    assert step_token_spans(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", max_length=6)[1:] == ([2], [4])
+
+
+def _tiny_scorer(beta=1.0, bias=0.0):
+    from transformers import AutoModelForCausalLM
+
+    from lightning_rlhf.models import builtin
+    from lightning_rlhf.models.implicit_prm import ImplicitStepScorer
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(builtin.resolve("builtin:tiny-llama"))
+    scorer = ImplicitStepScorer(policy, beta=beta, bias=bias)
+    with torch.no_grad():  # move pi_theta away from pi_ref, so that the ratio is not 0
+        for parameter in scorer.policy.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return scorer
+
+
+def test_the_implicit_step_score_against_the_textbook_sum(tiny_tokenizer, one_thread):
+    """z_s = beta * sum over the step's tokens t (from its first to its scoring token) of
+    log pi_theta(x_t | x_<t) - log pi_ref(x_t | x_<t), plus the bias; computed here from full
+    logits, for two right-padded rows of different lengths (the second scored alone too)."""
+    from lightning_rlhf.data.collate import pad_sequences
+    from lightning_rlhf.data.stepwise import step_token_spans
+
+    scorer = _tiny_scorer(beta=0.5, bias=0.25)
+    spans = [step_token_spans(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", 64),
+             step_token_spans(tiny_tokenizer, "What?", ["c"], "\n", 64)]
+    batch = pad_sequences([([], ids) for ids, _, _ in spans], tiny_tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    starts = torch.tensor([row * width + p for row, (_, s, _) in enumerate(spans) for p in s])
+    ends = torch.tensor([row * width + p for row, (_, _, e) in enumerate(spans) for p in e])
+    scores = scorer(batch["input_ids"], batch["attention_mask"], starts, ends)
+
+    def token_logps(model, ids):
+        logps = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+        return [0.0] + [logps[t - 1, ids[t]].item() for t in range(1, len(ids))]
+
+    expected = []
+    for ids, first, last in spans:
+        policy, reference = token_logps(scorer.policy, ids), token_logps(scorer.reference, ids)
+        expected += [0.5 * sum(policy[t] - reference[t] for t in range(a, b + 1)) + 0.25 for a, b in zip(first, last)]
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
+    assert len(set(expected)) == 3 and all(abs(z - 0.25) > 1e-4 for z in expected)  # the ratio is not 0
+
+
+def test_the_implicit_score_trains_the_lm_not_the_reference(tiny_tokenizer, one_thread):
+    """At the start pi_theta = pi_ref, so every step scores the bias; the loss's gradient
+    reaches pi_theta and the bias, never pi_ref."""
+    from transformers import AutoModelForCausalLM
+
+    from lightning_rlhf.data.collate import pad_sequences
+    from lightning_rlhf.data.stepwise import step_token_spans
+    from lightning_rlhf.models import builtin
+    from lightning_rlhf.models.implicit_prm import ImplicitStepScorer
+
+    scorer = ImplicitStepScorer(AutoModelForCausalLM.from_pretrained(builtin.resolve("builtin:tiny-llama")), bias=0.7)
+    ids, starts, ends = step_token_spans(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", 64)
+    batch = pad_sequences([([], ids)], tiny_tokenizer.pad_token_id)
+    scores = scorer(batch["input_ids"], batch["attention_mask"], torch.tensor(starts), torch.tensor(ends))
+    torch.testing.assert_close(scores, torch.tensor([0.7, 0.7]))
+    torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.tensor([1.0, 0.0])).backward()
+    assert scorer.bias.grad is not None and scorer.bias.grad.item() == pytest.approx(torch.sigmoid(torch.tensor(0.7)).item() - 0.5)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in scorer.policy.parameters())
+    assert all(p.grad is None for p in scorer.reference.parameters())
+    with pytest.raises(ValueError, match="beta must be positive"):
+        ImplicitStepScorer(scorer.policy, beta=0.0)
+
+
+def test_the_implicit_prm_bias_starts_at_the_weighted_log_odds():
+    """Steps T, T, T, F (w = 1): the constant that minimises the loss has sigmoid = 3/4, log-odds
+    log 3 = 1.098612; with the wrong step weighted 3: log(3 / 3) = 0. No labels: 0."""
+    from types import SimpleNamespace
+
+    from lightning_rlhf.models.config import ModelSettings
+    from lightning_rlhf.modules.implicit_prm_module import ImplicitPRMModule
+
+    rows = [{"step_labels": [True, True]}, {"step_labels": [True, False]}]
+    for weight, expected in [(1.0, math.log(3)), (3.0, 0.0)]:
+        module = ImplicitPRMModule(ModelSettings(name_or_path="builtin:tiny-llama"), create_algorithm("prm", wrong_step_weight=weight))
+        module._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_rows=rows))
+        assert module._prior_log_odds() == pytest.approx(expected)
+        module._trainer = None
+        assert module._prior_log_odds() == 0.0
+    with pytest.raises(ValueError, match="scores steps"):
+        ImplicitPRMModule(ModelSettings(name_or_path="builtin:tiny-llama"), create_algorithm("bradley_terry"))
+
+
+def test_an_implicit_prm_trains_exports_and_scores_steps(tmp_path):
+    """The tiny implicit recipe through the command: the export holds two causal LMs
+    transformers loads and the scale and bias; ``load_reward_source`` makes a step source
+    of it, whose steps score as the module's scorer scores them."""
+    import json as json_module
+
+    from transformers import AutoModelForCausalLM
+
+    from lightning_rlhf.models.implicit_prm import ImplicitStepScorer
+    from lightning_rlhf.rewards import StepRewardSource, load_reward_source
+
+    export = tmp_path / "export"
+    code = main(["fit", "--config", "recipes/prm/tiny-implicit.yaml", "--trainer.logger", "false", "--trainer.max_epochs", "1",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+                 "--model.init_args.export_dir", str(export)])
+    assert code in (0, None)
+    for directory in (export, export / "reference"):
+        assert AutoModelForCausalLM.from_pretrained(directory).config.architectures == ["LlamaForCausalLM"]
+    config = json_module.loads((export / "implicit_prm.json").read_text())
+    assert config["beta"] == 1.0 and config["bias"] != 0.0
+    assert isinstance(load_reward_source(str(export)), StepRewardSource)
+    source = StepRewardSource(str(export), step_separator=".", aggregation="min")
+    assert isinstance(source.model, ImplicitStepScorer)
+    prompts = ["What is 4+7+2?", "What is 5+1+3?"]
+    completions = [" 4+7=11. 11+2=13. Answer: 13", " 5+1=6. Answer: 6"]
+    steps = source.step_scores(prompts, completions)
+    assert [len(s) for s in steps] == [3, 2] and all(0 < p < 1 for s in steps for p in s)
+    assert len({round(p, 6) for s in steps for p in s}) > 1  # trained: the steps' scores differ
+    assert source(prompts, completions).tolist() == pytest.approx([min(s) for s in steps], rel=1e-6)
+    assert source.step_scores(prompts[1:], completions[1:])[0] == pytest.approx(steps[1], abs=1e-5)
+
+
+def test_the_prm_table_joins_seeds_run_apart(tmp_path, monkeypatch):
+    """``--merge``: two prm.json files of one seed each make the table of both seeds, as
+    one run of both would (mean of 0.80 and 0.90 is 0.85)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import prm_tables
+
+    paths = []
+    for seed, accuracy in [(0, 0.8), (1, 0.9)]:
+        result = {"prm_step_accuracy": accuracy, "prm_wrong_step_f1": 0.5, "wrong_step_share": 0.2,
+                  "orm_outcome_accuracy": 0.6, "best_of_1/ORM": 0.5, "seconds": 1.0}
+        path = tmp_path / f"p{seed}.json"
+        path.write_text(json.dumps({"cpu_capability": "AVX2", "seeds": [seed], "per_seed": [result], "command": ["x"],
+                                    "args": {"ns": [1], "heldout_prompts": 10}}))
+        paths.append(str(path))
+    monkeypatch.setattr(sys, "argv", ["prm_tables.py", "--merge", *paths, "--out", str(tmp_path / "joined")])
+    prm_tables.main()
+    joined = json.loads((tmp_path / "joined" / "prm.json").read_text())
+    assert joined["seeds"] == [0, 1] and joined["cpu_capability"] == "AVX2" and len(joined["runs"]) == 2
+    assert joined["summaries"]["prm_step_accuracy"]["mean"] == pytest.approx(0.85)

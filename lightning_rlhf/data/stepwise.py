@@ -19,6 +19,8 @@ A batch of B solutions::
     input_ids       [B, T]  right-padded, BOS included
     attention_mask  [B, T]
     step_index      [S]     flat indices into [B * T] of the S steps' scoring positions
+    step_start_index [S]    flat indices of each step's first token (a step covers its
+                            tokens from here to its scoring position, both included)
     step_labels     [S]     1.0 for a right step, 0.0 for a wrong one
     step_row        [S]     which solution of the batch each step belongs to
 """
@@ -96,24 +98,41 @@ def step_scoring_positions(tokenizer, prompt: str, steps: list[str], separator: 
     cut at ``max_length``) and, per step that fits, the position of its scoring token: the
     token holding the step's last character, or the separator's after it. Tokenised as one
     text, so the ids are those the model reads when it scores a sampled completion."""
+    ids, _, ends = step_token_spans(tokenizer, prompt, steps, separator, max_length)
+    return ids, ends
+
+
+def step_token_spans(tokenizer, prompt: str, steps: list[str], separator: str,
+                     max_length: int) -> tuple[list[int], list[int], list[int]]:
+    """As :func:`step_scoring_positions`, with the first token of each step as well:
+    ``(ids, starts, ends)``; step s covers tokens ``starts[s] .. ends[s]`` (its separator
+    included), so ``starts[s + 1] == ends[s] + 1``. The first step starts at the token
+    holding its first character: a token that straddles the prompt and the step is the step's."""
     text, ends = prompt, []
     for i, step in enumerate(steps):
         text += step + (separator if i < len(steps) - 1 else "")
         ends.append(len(text) - 1)
     encoding = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)
     ids = encoding["input_ids"]
+
+    def token_at(char: int) -> int | None:
+        # A character with no token of its own (folded into a neighbour by normalisation)
+        # belongs to the next token that has one.
+        token = encoding.char_to_token(char)
+        while token is None and char < len(text) - 1:
+            char += 1
+            token = encoding.char_to_token(char)
+        return token
+
     positions = []
     for end in ends:
-        token = encoding.char_to_token(end)
-        # A character with no token of its own (folded into a neighbour by normalisation)
-        # is scored at the next token that has one.
-        while token is None and end < len(text) - 1:
-            end += 1
-            token = encoding.char_to_token(end)
+        token = token_at(end)
         if token is None or token >= len(ids):
             break  # cut off by max_length: this step and the rest are not scored
         positions.append(token)
-    return ids, positions
+    first = token_at(len(prompt)) if positions else None
+    starts = [first, *(p + 1 for p in positions[:-1])] if positions else []
+    return ids, starts, positions
 
 
 class StepwiseDataModule(TextDataModule):
@@ -137,12 +156,13 @@ class StepwiseDataModule(TextDataModule):
         return parse_stepwise(checker)
 
     def encode(self, example: StepwiseExample, tokenization: Tokenization) -> dict | None:
-        ids, positions = step_scoring_positions(tokenization.tokenizer, example.prompt, example.steps, self.step_separator,
-                                                self.max_length)
+        ids, starts, positions = step_token_spans(tokenization.tokenizer, example.prompt, example.steps, self.step_separator,
+                                                  self.max_length)
         if not positions:
             tokenization.drop("no step within max_length")
             return None
-        return {"input_ids": ids, "step_positions": positions, "step_labels": example.labels[: len(positions)]}
+        return {"input_ids": ids, "step_starts": starts, "step_positions": positions,
+                "step_labels": example.labels[: len(positions)]}
 
     def row_length(self, row: dict) -> int:
         return len(row["input_ids"])
@@ -160,6 +180,7 @@ class StepwiseCollator:
         del batch["completion_mask"], batch["logp_index"]  # no log-probs: scores are read at step_index
         width = batch["input_ids"].shape[1]
         batch["step_index"] = torch.tensor([i * width + p for i, row in enumerate(rows) for p in row["step_positions"]])
+        batch["step_start_index"] = torch.tensor([i * width + p for i, row in enumerate(rows) for p in row["step_starts"]])
         batch["step_labels"] = torch.tensor([float(label) for row in rows for label in row["step_labels"]])
         batch["step_row"] = torch.tensor([i for i, row in enumerate(rows) for _ in row["step_positions"]])
         return batch

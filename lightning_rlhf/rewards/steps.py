@@ -8,7 +8,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from transformers import AutoTokenizer
 
+from lightning_rlhf.data.collate import pad_sequences
+from lightning_rlhf.data.stepwise import split_steps, step_token_spans
+from lightning_rlhf.models.implicit_prm import ImplicitStepScorer, is_implicit_prm
+from lightning_rlhf.models.reward_head import position_rewards
 from lightning_rlhf.rewards.base import RewardSource
 
 Aggregation = Literal["min", "product", "last"]
@@ -33,7 +38,9 @@ def aggregate_steps(probabilities: Sequence[float], aggregation: Aggregation) ->
 
 class StepRewardSource(RewardSource):
     """A process reward model exported by ``RewardModule`` with the ``prm`` plugin (an
-    ``AutoModelForTokenClassification`` directory with one output) scoring each step.
+    ``AutoModelForTokenClassification`` directory with one output), or an implicit one by
+    ``ImplicitPRMModule`` (``models.implicit_prm``: the step's log-likelihood ratio),
+    scoring each step.
 
     A completion is split into steps on ``step_separator`` (``data.stepwise.split_steps``),
     the prompt and completion are tokenised as one text, and the model's score at each
@@ -73,32 +80,38 @@ class StepRewardSource(RewardSource):
         self.batch_size, self.device, self.dtype, self.max_length = batch_size, device, dtype, max_length
         self._device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                     "cpu" if device == "auto" else device)
-        self.model, self.tokenizer = load_exported_process_reward_model(path, dtype)
+        if is_implicit_prm(path):  # models.implicit_prm: scored by log-likelihood ratio, not a head
+            self.model = ImplicitStepScorer.from_pretrained(path, getattr(torch, dtype) if dtype != "auto" else "auto")
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        else:
+            self.model, self.tokenizer = load_exported_process_reward_model(path, dtype)
         self.model.to(self._device)
 
     @torch.no_grad()
     def step_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[list[float]]:
         """Per completion, the probability that each of its steps is right, in order."""
-        from lightning_rlhf.data.collate import pad_sequences
-        from lightning_rlhf.data.stepwise import split_steps, step_scoring_positions
-        from lightning_rlhf.models.reward_head import position_rewards
-
-        encoded = [step_scoring_positions(self.tokenizer, p, split_steps(c, self.step_separator), self.step_separator,
-                                          self.max_length) for p, c in zip(prompts, completions, strict=True)]
+        encoded = [step_token_spans(self.tokenizer, p, split_steps(c, self.step_separator), self.step_separator,
+                                    self.max_length) for p, c in zip(prompts, completions, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # less padding
         result: list[list[float]] = [[] for _ in encoded]
         for start in range(0, len(order), self.batch_size):
-            chunk = [i for i in order[start : start + self.batch_size] if encoded[i][1]]
+            chunk = [i for i in order[start : start + self.batch_size] if encoded[i][2]]
             if not chunk:
                 continue
             batch = pad_sequences([([], encoded[i][0]) for i in chunk], self.tokenizer.pad_token_id)
             width = batch["input_ids"].shape[1]
-            index = torch.tensor([row * width + p for row, i in enumerate(chunk) for p in encoded[i][1]])
-            scores = position_rewards(self.model, batch["input_ids"].to(self._device), batch["attention_mask"].to(self._device),
-                                      index.to(self._device))
+            ends = torch.tensor([row * width + p for row, i in enumerate(chunk) for p in encoded[i][2]], device=self._device)
+            input_ids, attention_mask = batch["input_ids"].to(self._device), batch["attention_mask"].to(self._device)
+            if isinstance(self.model, ImplicitStepScorer):
+                starts = torch.tensor([row * width + p for row, i in enumerate(chunk) for p in encoded[i][1]], device=self._device)
+                scores = self.model(input_ids, attention_mask, starts, ends)
+            else:
+                scores = position_rewards(self.model, input_ids, attention_mask, ends)
             probabilities = torch.sigmoid(scores).cpu().tolist()
             for i in chunk:
-                count = len(encoded[i][1])
+                count = len(encoded[i][2])
                 result[i], probabilities = probabilities[:count], probabilities[count:]
         return result
 
@@ -108,7 +121,12 @@ class StepRewardSource(RewardSource):
 
 
 def is_process_reward_model(path: str) -> bool:
-    """The directory holds a token classifier (a ``prm`` export), not a sequence classifier."""
+    """The directory holds a process reward model: a token classifier (a ``prm`` export,
+    not a sequence classifier) or an implicit PRM (``models.implicit_prm``)."""
+    return is_implicit_prm(path) or _is_token_classifier(path)
+
+
+def _is_token_classifier(path: str) -> bool:
     import json
     from pathlib import Path
 
@@ -123,7 +141,7 @@ def load_exported_process_reward_model(path: str, dtype: str = "float32"):
     """(model in eval mode, frozen; tokenizer) from a ``prm`` export directory."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    if not is_process_reward_model(path):
+    if not _is_token_classifier(path):
         raise ValueError(f"{path} is not a process reward model: its config.json names no *ForTokenClassification "
                          "architecture (export one with RewardModule and the prm plugin)")
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
