@@ -10,7 +10,8 @@ decay, constant schedule, gradient-norm clipping at 1.0), loss (``grpo``: token 
 sequence, then the batch mean; no KL term, so no reference model on either side; RLOO:
 its default KL in the reward, 0.05 here on both sides), one optimiser step per
 generation batch, and steps. Each side generates with its own code and no vLLM (TRL:
-``model.generate``; ours: ``HFEngine``). Each run is its own process (its peak RSS is
+``model.generate``; ours: ``--engine``, by default ``DecodeEngine``: one prefill per
+prompt for its group, finished rows dropped; ``--engine hf`` for ``model.generate``). Each run is its own process (its peak RSS is
 its own) and runs alternate, ours then TRL's, ``--repeats`` times.
 
 Reported, as medians with ranges: sampled completions per second over the steps after
@@ -127,7 +128,8 @@ def run_ours(spec: dict) -> dict:
         algorithm=algorithm,
         optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", weight_decay=spec["weight_decay"]),
         reward=FunctionReward("lightning_rlhf.rewards.answers.exact_answer"),
-        online=OnlineSettings(sample_table_every_n_steps=0, generation_batch_size=spec["prompts_per_step"] * spec["group"]),
+        online=OnlineSettings(sample_table_every_n_steps=0, generation_batch_size=spec["prompts_per_step"] * spec["group"],
+                              engine=spec["engine"]),
     )
     data = PromptDataModule(path=spec["data_path"], batch_size=spec["prompts_per_step"], max_length=spec["max_length"],
                             max_prompt_length=spec["max_prompt_length"], seed=spec["seed"])
@@ -226,6 +228,9 @@ def main() -> None:
     parser.add_argument("--rloo-beta", type=float, default=0.05)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=["hf", "decode"], default="decode",
+                        help="our rollout engine (online.engine): decode prefills a prompt once for its group and drops "
+                        "finished rows; hf calls transformers' generate as TRL does")
     parser.add_argument("--out", default=None, help="default: runs/bench-<algorithm>")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -246,11 +251,12 @@ def main() -> None:
             "work_dir": str(work), "prompts_per_step": args.prompts_per_step, "group": args.group,
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": 24, "max_length": 24 + args.max_new_tokens,
             "steps": args.steps, "warmup": args.warmup, "learning_rate": args.learning_rate,
-            "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed}
+            "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed, "engine": args.engine}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     print(f"{args.algorithm}: {args.model} ({spec['model_dir']}), {args.prompts_per_step} prompts x {args.group} completions "
-          f"per step, {args.max_new_tokens} new tokens at most, {args.steps} steps ({args.warmup} warm-up), fp32")
+          f"per step, {args.max_new_tokens} new tokens at most, {args.steps} steps ({args.warmup} warm-up), fp32; "
+          f"our engine: {args.engine}")
     results: dict[str, list[dict]] = {side: [] for side in WORKERS}
     for repeat in range(args.repeats):
         for side in WORKERS:

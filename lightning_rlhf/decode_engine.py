@@ -114,22 +114,21 @@ class DecodeEngine:
             sampled[live, step] = token
             if return_logps:
                 sampled_logps[live, step] = logp
-            done = torch.isin(token, eos)
-            finished_rows[live] |= done
+            finished_rows[live] |= torch.isin(token, eos)
             if step + 1 == settings.max_new_tokens:
                 break
-            done_count = int(done.sum())  # the one host read per step: when to stop, when to shrink
-            if done_count == len(live):
+            # A finished row keeps decoding (its tokens after EOS are cut) until enough have
+            # finished to repay copying the cache. The one host read per step: when to stop,
+            # when to shrink.
+            pending = finished_rows[live]
+            pending_count = int(pending.sum())
+            if pending_count == len(live):
                 break
-            if done_count:
-                # a finished row keeps decoding (its tokens after EOS are cut) until enough
-                # have finished to repay copying the cache
-                pending = finished_rows[live]
-                if int(pending.sum()) >= COMPACT_SHARE * len(live):
-                    keep = (~pending).nonzero().squeeze(1)
-                    cache.batch_select_indices(keep)
-                    live, token = live[keep], token[keep]
-                    attention_mask, next_position = attention_mask[keep], next_position[keep]
+            if pending_count >= COMPACT_SHARE * len(live):
+                keep = (~pending).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live, token = live[keep], token[keep]
+                attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
             output = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
                                 past_key_values=cache, use_cache=True)

@@ -462,9 +462,15 @@ def run_seeds_in_parallel(pipeline: Pipeline, block: list[Stage], jobs: int,
             except queue.Empty:
                 pass
             for seed in [seed for seed, result in pending.items() if result.ready()]:
-                results[seed] = pending.pop(seed).get()  # a worker's error is raised here; the pool then stops the others
+                try:
+                    results[seed] = pending.pop(seed).get()
+                except PipelineError as e:
+                    # raised again without the worker's traceback attached (it is in the seed's
+                    # log); leaving the pool stops the other seeds
+                    raise PipelineError(str(e)) from None
         while not lines.empty():
             print_fn(lines.get())
+    lines.close()
     return [record for seed in seeds for record in results[seed]]
 
 

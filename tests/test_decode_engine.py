@@ -108,3 +108,42 @@ def test_the_online_module_samples_through_the_engine_it_is_given(tiny_tokenizer
     assert isinstance(module.rollout_engine, DecodeEngine) and rollout.lengths.shape == (4,)
     with pytest.raises(ValueError, match="online.engine must be one of"):
         OnlineSettings(engine="vllm")
+
+
+@pytest.mark.parametrize("eos_share", [0.1, 0.5, 0.9])
+def test_the_batch_shrinks_to_the_unfinished_rows_and_stops_when_none_are_left(model, tiny_tokenizer, eos_share):
+    """With a share of the vocabulary as EOS, rows finish together, one by one, or all at
+    once: the model never runs on an empty batch, every step runs on unfinished rows only
+    once the dropped share is reached, and every sample ends at its first EOS."""
+    vocabulary = model.config.vocab_size
+    eos = set(range(0, vocabulary, round(1 / eos_share)))
+    model.generation_config.eos_token_id = sorted(eos)
+    eos.add(tiny_tokenizer.eos_token_id)  # the tokenizer's own ends a sample too
+    rows_per_forward = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    engine = DecodeEngine(model, tiny_tokenizer, batch_size=64)
+    for seed in range(4):
+        rows_per_forward.clear()
+        groups = engine.generate(encode_prompts(tiny_tokenizer, PROMPTS), 8, SamplingSettings(max_new_tokens=24), seed=seed)
+        samples = [s for g in groups for s in g]
+        assert min(rows_per_forward) > 0 and rows_per_forward[0] == len(PROMPTS)  # one prefill row per prompt
+        assert rows_per_forward[1:] == sorted(rows_per_forward[1:], reverse=True)
+        steps_run = len(rows_per_forward)  # the prefill, then one forward per decoded token but the last
+        assert steps_run <= max(s.length for s in samples)
+        for s in samples:
+            assert s.finished == (s.token_ids[-1] in eos) and not eos & set(s.token_ids[:-1])
+
+
+def test_rows_that_all_finish_while_a_finished_row_is_still_in_the_batch_end_the_loop(model, tiny_tokenizer, monkeypatch):
+    """Scripted draws: one of 8 rows writes EOS first (too few to shrink the batch for), then
+    the other 7 together while the finished one draws on; nothing is left to decode."""
+    from lightning_rlhf import decode_engine
+
+    eos, other = tiny_tokenizer.eos_token_id, 7
+    script = iter([[eos] + [other] * 7, [other] + [eos] * 7])
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    monkeypatch.setattr(decode_engine, "sample_next", lambda logits, settings, return_logps: (torch.tensor(next(script)), None))
+    (group,) = DecodeEngine(model, tiny_tokenizer).generate(encode_prompts(tiny_tokenizer, PROMPTS[:1]), 8, SamplingSettings(max_new_tokens=5))
+    assert [s.token_ids for s in group] == [[eos]] + [[other, eos]] * 7 and all(s.finished for s in group)
+    assert forwards == [1, 8]  # the prompt's prefill, one decoding step; none on an empty batch

@@ -193,7 +193,8 @@ def test_seeds_side_by_side_run_the_same_stages_and_write_the_same_files(tmp_pat
 
 def test_a_seed_that_fails_in_a_worker_names_the_seed_and_its_log(tmp_path):
     pipeline = _seeded_prompts_pipeline(tmp_path, jobs=2, train="{seed}x", seeds=(0, 1))
-    with pytest.raises(PipelineError, match=r"seed \d: ValueError: invalid literal .* \(full log: .*logs/seed\d\.log\)"):
+    with pytest.raises(PipelineError, match=r"^seed \d: ValueError: invalid literal .* \(full log: .*logs/seed\d\.log\)$") as error:
         run_pipeline(pipeline, print_fn=lambda line: None)
+    assert error.value.__cause__ is None and "Traceback" not in str(error.value)  # one line for the user
     log = (tmp_path / "logs" / "seed0.log").read_text()
     assert "Traceback" in log and "ValueError" in log
