@@ -11,18 +11,16 @@ online settings.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, check_data_kind
-from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.algorithm import OnlineAlgorithm, check_data_kind
 from lightning_rlhf.models.critic import CriticSettings
 from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.modules.online import OnlineMixin, OnlineSettings
-from lightning_rlhf.modules.optim import OptimizerSettings
-from lightning_rlhf.modules.policy_base import PolicyModuleBase
+from lightning_rlhf.modules.policy_base import PolicyModuleBase, algorithm_argument
+from lightning_rlhf.modules.settings import from_plain, to_plain
 from lightning_rlhf.modules.sharded import check_strategy
 from lightning_rlhf.rewards.base import RewardSource
 
@@ -30,38 +28,14 @@ from lightning_rlhf.rewards.base import RewardSource
 class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
     def __init__(
         self,
-        policy: ModelSettings,
-        algorithm: Algorithm,
-        reference: ModelSettings | None = None,
-        optimizer: OptimizerSettings | None = None,
-        logps_chunk_size: int = 1024,
-        compile_policy: bool = False,
-        disable_dropout: bool = True,
-        export_dir: str | None = None,
-        export_merged: bool = True,
-        reward: RewardSource | None = None,
+        *args: Any,
         critic: CriticSettings | None = None,
         online: OnlineSettings | None = None,
         monitor: dict[str, str] | None = None,
+        **kwargs: Any,
     ):
         """
         Args:
-            policy: the model to train
-            algorithm: the objective, a registered online plugin (``class_path: ppo``)
-            reference: the frozen reference model, for plugins that need one. Default: the
-                policy with its LoRA adapters disabled if it has them, else a frozen copy of
-                the policy's starting weights
-            optimizer: AdamW and learning-rate schedule settings
-            logps_chunk_size: positions per chunk when applying the output head
-            compile_policy: ``torch.compile`` the policy's transformer (dynamic shapes); the
-                first step pays the compilation
-            disable_dropout: turn dropout off in the policy and the critic (``nn.Dropout`` and
-                attention dropout), so policy and reference, old and new log-probs and values
-                are each computed by the same function
-            export_dir: when fit ends, save the policy here in Hugging Face format
-            export_merged: merge LoRA adapters into the exported weights (else save the adapter)
-            reward: what scores sampled text (``class_path: lightning_rlhf.rewards.RewardModelSource``,
-                ``...GoldReward``, ``...FunctionReward``)
             critic: the value model of algorithms that need one (see ``models.critic``)
             online: the online loop's micro-batching, clipping and sample tables
             monitor: rewards that score the same samples for the log only, never trained on:
@@ -70,14 +44,15 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
                 the gold reward shows over-optimisation: ``train/reward`` climbing while
                 ``train/monitor/gold`` does not
         """
+        # The settings both policy modules take (policy, algorithm: here an online plugin,
+        # ``class_path: ppo``, reference, ...) are PolicyModuleBase's, passed on in ``args`` and
+        # ``kwargs``; jsonargparse follows them there.
+        algorithm = algorithm_argument(args, kwargs)
         if not isinstance(algorithm, OnlineAlgorithm):
             raise TypeError(f"algorithm {algorithm.name!r} is not online: train it with lightning_rlhf.PolicyModule")
         online = online or OnlineSettings()
-        super().__init__(
-            policy, algorithm, reference, optimizer, logps_chunk_size, compile_policy, disable_dropout,
-            export_dir, export_merged, reward, online.generation_batch_size,
-            hparams={"critic": _asdict_or_none(critic), "online": _asdict_or_none(online), "monitor": monitor},
-        )
+        own = to_plain(OnlinePolicyModule.__init__, locals())
+        super().__init__(*args, generation_batch_size=online.generation_batch_size, hparams=own, **kwargs)
         # Generate, score and update inside one step: manual optimisation.
         self.automatic_optimization = False
         self.critic_settings = critic
@@ -101,9 +76,7 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
 
     @classmethod
     def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
-        return {**super().arguments_from_hparams(hparams), "critic": _critic_from_dict(hparams.get("critic")),
-                "online": OnlineSettings(**hparams["online"]) if hparams.get("online") else None,
-                "monitor": hparams.get("monitor")}
+        return {**super().arguments_from_hparams(hparams), **from_plain(OnlinePolicyModule.__init__, hparams)}
 
     def setup(self, stage: str) -> None:
         check_data_kind(self.algorithm, getattr(self.trainer, "datamodule", None))
@@ -121,10 +94,6 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
         return self.configure_online_optimizers()
 
 
-def _asdict_or_none(settings) -> dict | None:
-    return asdict(settings) if settings else None
-
-
 def _monitor_sources(monitor: dict[str, str] | None) -> dict[str, RewardSource]:
     from lightning_rlhf.rewards.spec import load_reward_source
 
@@ -134,12 +103,3 @@ def _monitor_sources(monitor: dict[str, str] | None) -> dict[str, RewardSource]:
             raise ValueError(f"monitor: {name!r} is not a metric name (no '/', not empty)")
         sources[name] = load_reward_source(spec)
     return sources
-
-
-def _critic_from_dict(values: dict | None) -> CriticSettings | None:
-    if not values:
-        return None
-    values = dict(values)
-    if values.get("model"):
-        values["model"] = ModelSettings.from_dict(values["model"])
-    return CriticSettings(**values)

@@ -16,13 +16,11 @@ import torch
 from torch import Tensor
 
 from lightning_rlhf.algorithm import Algorithm, OnlineAlgorithm, check_data_kind
-from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.modules.online_policy import OnlinePolicyModule
-from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.policy_base import PolicyModuleBase, export_policy
+from lightning_rlhf.modules.settings import from_plain, to_plain
 from lightning_rlhf.modules.sharded import check_strategy
 from lightning_rlhf.reference_cache import attach_to_fit
-from lightning_rlhf.rewards.base import RewardSource
 
 __all__ = ["PolicyModule", "export_policy"]
 
@@ -36,60 +34,33 @@ class PolicyModule(PolicyModuleBase):
 
     def __init__(
         self,
-        policy: ModelSettings,
-        algorithm: Algorithm,
-        reference: ModelSettings | None = None,
-        optimizer: OptimizerSettings | None = None,
-        logps_chunk_size: int = 1024,
+        *args: Any,
         cache_reference_logps: bool = True,
-        compile_policy: bool = False,
-        disable_dropout: bool = True,
-        export_dir: str | None = None,
-        export_merged: bool = True,
-        reward: RewardSource | None = None,
         generation_batch_size: int = 64,
+        **kwargs: Any,
     ):
         """
         Args:
-            policy: the model to train
-            algorithm: the objective, a registered plugin (``class_path: dpo``); an online
-                plugin (ppo, grpo, ...) trains on ``lightning_rlhf.OnlinePolicyModule``
-            reference: the frozen reference model, for plugins that need one. Default: the
-                policy with its LoRA adapters disabled if it has them, else a frozen copy of
-                the policy's starting weights
-            optimizer: AdamW and learning-rate schedule settings
-            logps_chunk_size: positions per chunk when applying the output head
             cache_reference_logps: compute the reference's log-probs once per training and
                 validation sequence when fit starts and reuse them every epoch, instead of a
                 reference forward at every step (see ``lightning_rlhf.reference_cache``)
-            compile_policy: ``torch.compile`` the policy's transformer (dynamic shapes), fusing
-                its element-wise work (norms, rotary embedding, activations, residuals); the
-                first step pays the compilation (about a minute for a 30M model on a small CPU;
-                inductor keeps it on disk for later runs)
-            disable_dropout: turn dropout off in the policy (``nn.Dropout`` and attention
-                dropout), so chosen and rejected, policy and reference log-probs are each
-                computed by the same function
-            export_dir: when fit ends, save the policy here in Hugging Face format
-            export_merged: merge LoRA adapters into the exported weights (else save the adapter)
-            reward: what scores the samples of a self-training plugin's Grow phase
-                (rejection_sampling, rest): ``class_path: lightning_rlhf.rewards.FunctionReward``, ...
-            generation_batch_size: prompts decoded together while a Grow phase samples
+            generation_batch_size: prompts decoded together while a self-training plugin's
+                Grow phase samples
         """
-        super().__init__(
-            policy, algorithm, reference, optimizer, logps_chunk_size, compile_policy, disable_dropout,
-            export_dir, export_merged, reward, generation_batch_size,
-            hparams={"cache_reference_logps": cache_reference_logps, "generation_batch_size": generation_batch_size},
-        )
-        if isinstance(algorithm, OnlineAlgorithm):
-            raise TypeError(f"algorithm {algorithm.name!r} is online: train it with lightning_rlhf.OnlinePolicyModule")
+        # The settings both policy modules take (policy, algorithm, reference, ...) are
+        # PolicyModuleBase's, passed on in ``args`` and ``kwargs``; jsonargparse follows them there.
+        own = to_plain(PolicyModule.__init__, locals())
+        super().__init__(*args, generation_batch_size=generation_batch_size, hparams=own, **kwargs)
+        if isinstance(self.algorithm, OnlineAlgorithm):
+            raise TypeError(f"algorithm {self.algorithm.name!r} is online: train it with lightning_rlhf.OnlinePolicyModule")
         self.cache_reference_logps = cache_reference_logps
 
     @classmethod
     def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
-        # (a checkpoint written before the split kept the Grow batch size in ``online``)
-        generation_batch_size = hparams.get("generation_batch_size") or (hparams.get("online") or {}).get("generation_batch_size", 64)
-        return {**super().arguments_from_hparams(hparams), "cache_reference_logps": hparams.get("cache_reference_logps", True),
-                "generation_batch_size": generation_batch_size}
+        arguments = {**super().arguments_from_hparams(hparams), **from_plain(PolicyModule.__init__, hparams)}
+        if not hparams.get("generation_batch_size"):  # a checkpoint written before the split kept it in ``online``
+            arguments["generation_batch_size"] = (hparams.get("online") or {}).get("generation_batch_size", 64)
+        return arguments
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> PolicyModuleBase:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,14 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Algorithm, SequenceLogps, algorithm_spec
+from lightning_rlhf.algorithm import Algorithm, SequenceLogps
 from lightning_rlhf.data import shared_prompt
 from lightning_rlhf.engine import HFEngine, RolloutEngine, SamplingSettings
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
-from lightning_rlhf.modules.online import reward_spec
 from lightning_rlhf.modules.optim import OptimizerSettings
+from lightning_rlhf.modules.settings import from_plain, to_plain
 from lightning_rlhf.modules.sharded import full_weights, loading_into_shards
 from lightning_rlhf.ops import completion_index, logit_multiplier, selective_logps, selective_logps_entropy
 from lightning_rlhf.reference_cache import BATCH_KEY as CACHED_REFERENCE, ReferenceCache
@@ -36,17 +35,25 @@ from lightning_rlhf.rollout import Rollout, generate_rollout
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "reference_model."
+# what the base takes from its subclasses rather than from a recipe: stored with their settings
+NOT_STORED = ("generation_batch_size", "hparams")
 
 
-class PolicyModuleBase(L.LightningModule):
-    """The policy and what both policy modules lend a plugin; subclasses add the loop."""
+class HandOver:
+    """A constructor call that ``_hand_over`` names another class for builds that class.
+
+    On a class of its own: jsonargparse reads the signature of a class that defines
+    ``__new__`` itself from that ``__new__``, and the policy modules' recipe keys are their
+    ``__init__``'s (each subclass's own, then ``PolicyModuleBase.__init__``'s).
+    """
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        # Here, not on a subclass: jsonargparse reads a class's own ``__new__`` as its
-        # signature, and each module's recipe keys are its ``__init__``'s.
-        algorithm = kwargs["algorithm"] if "algorithm" in kwargs else args[1] if len(args) > 1 else None
-        target = cls._hand_over(algorithm)
+        target = cls._hand_over(algorithm_argument(args, kwargs))
         return target(*args, **kwargs) if target is not None else super().__new__(cls)
+
+
+class PolicyModuleBase(HandOver, L.LightningModule):
+    """The policy and what both policy modules lend a plugin; subclasses add the loop."""
 
     @classmethod
     def _hand_over(cls, algorithm: Algorithm | None) -> type[PolicyModuleBase] | None:
@@ -57,37 +64,51 @@ class PolicyModuleBase(L.LightningModule):
         self,
         policy: ModelSettings,
         algorithm: Algorithm,
-        reference: ModelSettings | None,
-        optimizer: OptimizerSettings | None,
-        logps_chunk_size: int,
-        compile_policy: bool,
-        disable_dropout: bool,
-        export_dir: str | None,
-        export_merged: bool,
-        reward: RewardSource | None,
-        generation_batch_size: int,
-        hparams: dict[str, Any],
+        reference: ModelSettings | None = None,
+        optimizer: OptimizerSettings | None = None,
+        logps_chunk_size: int = 1024,
+        compile_policy: bool = False,
+        disable_dropout: bool = True,
+        export_dir: str | None = None,
+        export_merged: bool = True,
+        reward: RewardSource | None = None,
+        generation_batch_size: int = 64,
+        hparams: dict[str, Any] | None = None,
     ):
-        """The arguments are the subclasses' (documented there); ``hparams``: the subclass's
-        own settings as plain data, stored with the shared ones for checkpoints."""
+        """The settings both policy modules take; a subclass's signature adds its own and
+        passes these on (``**kwargs``), and jsonargparse shows them as the subclass's keys.
+
+        Args:
+            policy: the model to train
+            algorithm: the objective, a registered plugin (``class_path: dpo``); offline
+                plugins and self-training train on ``lightning_rlhf.PolicyModule``, online
+                ones (ppo, grpo, ...) on ``lightning_rlhf.OnlinePolicyModule``
+            reference: the frozen reference model, for plugins that need one. Default: the
+                policy with its LoRA adapters disabled if it has them, else a frozen copy of
+                the policy's starting weights
+            optimizer: AdamW and learning-rate schedule settings
+            logps_chunk_size: positions per chunk when applying the output head
+            compile_policy: ``torch.compile`` the policy's transformer (dynamic shapes), fusing
+                its element-wise work (norms, rotary embedding, activations, residuals); the
+                first step pays the compilation (about a minute for a 30M model on a small CPU;
+                inductor keeps it on disk for later runs)
+            disable_dropout: turn dropout off in the policy (and the critic) (``nn.Dropout`` and
+                attention dropout), so chosen and rejected, policy and reference, old and new
+                log-probs and values are each computed by the same function
+            export_dir: when fit ends, save the policy here in Hugging Face format
+            export_merged: merge LoRA adapters into the exported weights (else save the adapter)
+            reward: what scores sampled text: an online plugin's rollouts, or a self-training
+                plugin's Grow phase (rejection_sampling, rest)
+                (``class_path: lightning_rlhf.rewards.RewardModelSource``, ``...GoldReward``,
+                ``...FunctionReward``)
+            generation_batch_size: rows decoded together when sampling; each subclass passes its
+                own (PolicyModule's setting, the online settings' one)
+            hparams: the subclass's own settings as plain data, stored after these
+        """
         super().__init__()
         # Plain data only, so a checkpoint loads with torch.load(weights_only=True) and the
-        # run config in W&B reads like the recipe.
-        self.save_hyperparameters(
-            {
-                "policy": asdict(policy),
-                "algorithm": algorithm_spec(algorithm),
-                "reference": asdict(reference) if reference else None,
-                "optimizer": asdict(optimizer or OptimizerSettings()),
-                "logps_chunk_size": logps_chunk_size,
-                "compile_policy": compile_policy,
-                "disable_dropout": disable_dropout,
-                "export_dir": export_dir,
-                "export_merged": export_merged,
-                "reward": reward_spec(reward),
-                **hparams,
-            }
-        )
+        # run config in W&B reads like the recipe (locals() holds exactly the arguments here).
+        self.save_hyperparameters({**to_plain(PolicyModuleBase.__init__, locals(), leave_out=NOT_STORED), **(hparams or {})})
         self.policy_settings = policy
         self.reference_settings = reference
         self.algorithm = algorithm
@@ -129,20 +150,7 @@ class PolicyModuleBase(L.LightningModule):
     @classmethod
     def arguments_from_hparams(cls, hparams: dict) -> dict[str, Any]:
         """The constructor arguments of the shared settings, from a checkpoint's hyperparameters."""
-        from lightning_rlhf.registry import create_algorithm_from_spec
-
-        return dict(
-            policy=ModelSettings.from_dict(hparams["policy"]),
-            algorithm=create_algorithm_from_spec(hparams["algorithm"]),
-            reference=ModelSettings.from_dict(hparams["reference"]) if hparams.get("reference") else None,
-            optimizer=OptimizerSettings(**hparams["optimizer"]),
-            logps_chunk_size=hparams["logps_chunk_size"],
-            compile_policy=hparams.get("compile_policy", False),
-            disable_dropout=hparams["disable_dropout"],
-            export_dir=hparams.get("export_dir"),
-            export_merged=hparams.get("export_merged", True),
-            reward=_reward_from_spec(hparams.get("reward")),
-        )
+        return from_plain(PolicyModuleBase.__init__, hparams, leave_out=NOT_STORED)
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> PolicyModuleBase:
@@ -366,6 +374,11 @@ class PolicyModuleBase(L.LightningModule):
         return export_policy(self.policy, self.tokenizer, directory, merged)
 
 
+def algorithm_argument(args: tuple, kwargs: dict) -> Algorithm | None:
+    """The ``algorithm`` of a constructor call, before the constructor runs."""
+    return kwargs["algorithm"] if "algorithm" in kwargs else args[1] if len(args) > 1 else None
+
+
 def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merged: bool = True) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -381,12 +394,6 @@ def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merg
     tokenizer.save_pretrained(directory)
     log.info("exported the policy to %s", directory)
     return directory
-
-
-def _reward_from_spec(spec: dict | None) -> RewardSource | None:
-    from lightning_rlhf.rewards.spec import load_reward_source
-
-    return load_reward_source(spec) if spec else None
 
 
 # The frozen reference is in eval mode on purpose, and a run without validation data

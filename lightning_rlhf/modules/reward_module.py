@@ -8,7 +8,6 @@ and the metrics; it lends the plugin one thing, ``rewards(batch)``: a scalar per
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_rlhf.algorithm import Algorithm, algorithm_spec, check_data_kind
+from lightning_rlhf.algorithm import Algorithm, check_data_kind
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.loading import load_tokenizer
 from lightning_rlhf.models.reward_head import load_reward_model, position_rewards, sequence_rewards
@@ -25,6 +24,7 @@ from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.modules.policy_base import export_policy
 from lightning_rlhf.modules.sharded import check_strategy, full_weights, loading_into_shards
 from lightning_rlhf.modules.reward_metrics import RewardMetrics, StepMetrics
+from lightning_rlhf.modules.settings import from_plain, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,8 @@ class RewardModule(L.LightningModule):
                 "objective; RewardModule trains reward-stage ones (train it with PolicyModule)"
             )
         # Plain data only, so a checkpoint loads with torch.load(weights_only=True) and the
-        # run config in W&B reads like the recipe.
-        self.save_hyperparameters(
-            {
-                "reward_model": asdict(reward_model),
-                "algorithm": algorithm_spec(algorithm),
-                "optimizer": asdict(optimizer or OptimizerSettings()),
-                "disable_dropout": disable_dropout,
-                "export_dir": export_dir,
-                "export_merged": export_merged,
-            }
-        )
+        # run config in W&B reads like the recipe (locals() holds exactly the arguments here).
+        self.save_hyperparameters(to_plain(RewardModule.__init__, locals()))
         self.reward_model_settings = reward_model
         self.algorithm = algorithm
         self.optimizer_settings = optimizer or OptimizerSettings()
@@ -95,16 +86,7 @@ class RewardModule(L.LightningModule):
     @classmethod
     def from_hparams(cls, hparams: dict) -> RewardModule:
         """Rebuild a module from the hyperparameters stored in its checkpoint."""
-        from lightning_rlhf.registry import create_algorithm_from_spec
-
-        return cls(
-            reward_model=ModelSettings.from_dict(hparams["reward_model"]),
-            algorithm=create_algorithm_from_spec(hparams["algorithm"]),
-            optimizer=OptimizerSettings(**hparams["optimizer"]),
-            disable_dropout=hparams["disable_dropout"],
-            export_dir=hparams.get("export_dir"),
-            export_merged=hparams.get("export_merged", True),
-        )
+        return cls(**from_plain(RewardModule.__init__, hparams))
 
     @classmethod
     def policy_from_checkpoint(cls, path: str | Path) -> RewardModule:
