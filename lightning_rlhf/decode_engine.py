@@ -10,6 +10,9 @@ engine does what a serving engine does, on the same live module:
 - **finished rows leave the batch**: once a share of the rows has written EOS, the cache
   keeps only the unfinished ones (``batch_select_indices``), so later steps compute only
   what is still sampled;
+- **the cache grows in place**: after the prefill each layer's keys and values move into a
+  buffer sized for the whole completion, and every step writes one column into it, where
+  transformers' ``DynamicCache`` copies the whole cache to append one (``torch.cat``);
 - **the distribution is the trainer's**: ``softmax(logits / T)``, truncated by ``top_k``
   then ``top_p`` when asked (transformers' order), positions counted from each row's first
   real token (as the trainer's right-padded forward counts them).
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lightning_rlhf.engine import (
     Sample,
@@ -96,6 +100,7 @@ class DecodeEngine:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                             use_cache=True, logits_to_keep=1)
         cache, logits = output.past_key_values, output.logits[:, -1].float()
+        preallocate(cache, input_ids.shape[1] + settings.max_new_tokens)
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
@@ -163,3 +168,53 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, return_logps: 
     logps = scores.log_softmax(-1)
     token = torch.multinomial(logps.exp(), 1).squeeze(1)
     return token, (logps.gather(1, token[:, None]).squeeze(1) if return_logps else None)
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in a buffer with room for ``capacity``
+    positions: ``update`` writes the new columns in place, and ``keys``/``values`` are views
+    of the filled part, so everything else the layer does (lengths, masks, selecting and
+    repeating rows) reads them as a ``DynamicLayer``'s."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        self.device, self.is_initialized, self.length = keys.device, True, keys.shape[-2]
+        shape = (*keys.shape[:-2], max(capacity, self.length), keys.shape[-1])
+        self.key_buffer, self.value_buffer = keys.new_empty(shape), values.new_empty(shape)
+        self.key_buffer[..., : self.length, :] = keys
+        self.value_buffer[..., : self.length, :] = values
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[..., : self.length, :]
+        self.values = self.value_buffer[..., : self.length, :]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            raise RuntimeError(f"the preallocated KV cache holds {self.key_buffer.shape[-2]} positions, {end} asked")
+        self.key_buffer[..., self.length : end, :] = key_states
+        self.value_buffer[..., self.length : end, :] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+        self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self._views()
+
+
+def preallocate(cache, capacity: int) -> None:
+    """Swap each plain ``DynamicLayer`` of a prefilled ``DynamicCache`` for a
+    :class:`PreallocatedLayer` of ``capacity`` positions; any other cache (sliding windows,
+    a model's own) is left as it is."""
+    if type(cache) is not DynamicCache:
+        return
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[index] = PreallocatedLayer(layer.keys, layer.values, capacity)

@@ -395,13 +395,14 @@ def run_stage(stage: Stage, seed: int | None, pipeline: Pipeline, label: str, to
               print_fn: Callable[[str], None], started: float) -> dict:
     """Run one stage (for one seed); print its start and end; return its timing record."""
     run = stage if seed is None else stage.for_seed(seed)
-    stage_started, stage_cpu = time.perf_counter(), cpu_seconds()
+    started_at, stage_started, stage_cpu = time.time(), time.perf_counter(), cpu_seconds()
     print_fn(f"[{stage.number}/{total}] {label} ...")
     outcome = STAGES[stage.kind][1](run, pipeline)
     record = {
         "stage": stage.kind,
         "number": stage.number,
         "seed": seed,
+        "started_at": started_at,  # wall-clock: comparable across the processes seeds run in
         "seconds": time.perf_counter() - stage_started,
         "user_cpu_seconds": cpu_seconds() - stage_cpu,
         "outcome": outcome,
@@ -453,24 +454,39 @@ def run_seeds_in_parallel(pipeline: Pipeline, block: list[Stage], jobs: int,
     print_fn(f"running seeds {', '.join(map(str, seeds))} side by side: {workers} processes, {threads} thread(s) each; "
              f"their logs in {pipeline.output_dir / 'logs'}")
     results = {}
-    with context.Pool(workers, initializer=_worker_init, initargs=(lines,)) as pool:
+    pool = context.Pool(workers, initializer=_worker_init, initargs=(lines,))
+    try:
         pending = {seed: pool.apply_async(_run_seed_block, ((pipeline, [s.number for s in block], seed, threads),))
                    for seed in seeds}
-        while pending:
+        # A worker's lines reach the queue through a feeder thread, possibly after its result:
+        # each seed's last message is its number, and the loop waits for every one.
+        ended: set[int] = set()
+        quiet = 0.0
+        while pending or (ended != set(seeds) and quiet < 10.0):
             try:
-                print_fn(lines.get(timeout=0.2))
+                item = lines.get(timeout=0.2)
+                quiet = 0.0
             except queue.Empty:
-                pass
+                item, quiet = None, (quiet + 0.2 if not pending else 0.0)  # a crashed worker sends no last message
+            if isinstance(item, str):
+                print_fn(item)
+            elif item is not None:
+                ended.add(item)
             for seed in [seed for seed, result in pending.items() if result.ready()]:
                 try:
                     results[seed] = pending.pop(seed).get()
                 except PipelineError as e:
                     # raised again without the worker's traceback attached (it is in the seed's
-                    # log); leaving the pool stops the other seeds
+                    # log); the pool is then stopped
                     raise PipelineError(str(e)) from None
-        while not lines.empty():
-            print_fn(lines.get())
-    lines.close()
+        pool.close()  # every seed is done: the workers exit on their own
+    except BaseException:
+        pool.terminate()  # stop the seeds still running
+        raise
+    finally:
+        pool.join()
+        lines.close()
+        lines.join_thread()
     return [record for seed in seeds for record in results[seed]]
 
 
@@ -507,6 +523,8 @@ def _run_seed_block(task) -> list[dict]:
         traceback.print_exc()  # into the seed's log; the parent prints one line
         sys.stderr.flush()
         raise PipelineError(f"seed {seed}: {type(e).__name__}: {e} (full log: {log})") from None
+    finally:
+        _LINES.put(seed)  # this seed's last message
 
 
 def _last_evaluation(pipeline: Pipeline) -> Stage | None:

@@ -147,3 +147,33 @@ def test_rows_that_all_finish_while_a_finished_row_is_still_in_the_batch_end_the
     (group,) = DecodeEngine(model, tiny_tokenizer).generate(encode_prompts(tiny_tokenizer, PROMPTS[:1]), 8, SamplingSettings(max_new_tokens=5))
     assert [s.token_ids for s in group] == [[eos]] + [[other, eos]] * 7 and all(s.finished for s in group)
     assert forwards == [1, 8]  # the prompt's prefill, one decoding step; none on an empty batch
+
+
+def test_the_preallocated_cache_holds_what_a_growing_one_holds():
+    """Keys and values written in place equal transformers' concatenated ones, through
+    repeating rows (one prefill per prompt) and selecting them (finished rows dropped)."""
+    from transformers.cache_utils import DynamicCache
+
+    from lightning_rlhf.decode_engine import PreallocatedLayer, preallocate
+
+    torch.manual_seed(0)
+    grown, allocated = DynamicCache(), DynamicCache()
+    prefill = [(torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)) for _ in range(2)]
+    for layer, (k, v) in enumerate(prefill):
+        grown.update(k, v, layer)
+        allocated.update(k.clone(), v.clone(), layer)
+    preallocate(allocated, capacity=5 + 3)
+    assert all(isinstance(layer, PreallocatedLayer) for layer in allocated.layers)
+    for cache in (grown, allocated):
+        cache.batch_repeat_interleave(2)
+    for step in range(3):
+        columns = [(torch.randn(4 - step, 3, 1, 4), torch.randn(4 - step, 3, 1, 4)) for _ in range(2)]
+        for layer, (k, v) in enumerate(columns):
+            expected = grown.update(k, v, layer)
+            torch.testing.assert_close(allocated.update(k, v, layer), expected, rtol=0, atol=0)
+        keep = torch.arange(1, 4 - step)  # the first row finished
+        grown.batch_select_indices(keep)
+        allocated.batch_select_indices(keep)
+        assert allocated.get_seq_length() == grown.get_seq_length() == 5 + step + 1
+    with pytest.raises(RuntimeError, match="holds 8 positions, 9 asked"):
+        allocated.update(torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4), 0)
