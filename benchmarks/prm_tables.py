@@ -235,6 +235,7 @@ def main() -> None:
         per_seed = [result for part in parts for result in part["per_seed"]]
         args.seeds = [seed for part in parts for seed in part["seeds"]]
         args.ns, args.heldout_prompts = parts[0]["args"]["ns"], parts[0]["args"]["heldout_prompts"]
+        args.scorer = parts[0]["args"].get("scorer", "head")
         kernels = "/".join(sorted({part["cpu_capability"] for part in parts}))
         runs = {"runs": [{"command": part["command"], "args": part["args"]} for part in parts]}
     else:
@@ -248,7 +249,7 @@ def main() -> None:
                                              indent=1))
     if args.figure:
         figure(summary, args.ns, args.figure, f"{len(args.seeds)} seeds, 95% intervals; {kernels} kernels; "
-                                              f"{args.heldout_prompts} held-out prompts")
+                                              f"{args.heldout_prompts} held-out prompts; PRM and ORM: {args.scorer} scorer")
         print(f"wrote {args.figure}")
 
 
