@@ -368,6 +368,11 @@ def test_the_implicit_prm_bias_starts_at_the_weighted_log_odds():
         assert module._prior_log_odds() == 0.0
     with pytest.raises(ValueError, match="scores steps"):
         ImplicitPRMModule(ModelSettings(name_or_path="builtin:tiny-llama"), create_algorithm("bradley_terry"))
+    # a checkpoint's hyperparameters give back the same module, beta included
+    module = ImplicitPRMModule(ModelSettings(name_or_path="builtin:tiny-llama"), create_algorithm("prm", wrong_step_weight=2.0),
+                               beta=0.5)
+    rebuilt = ImplicitPRMModule.from_hparams(dict(module.hparams))
+    assert rebuilt.beta == 0.5 and rebuilt.algorithm.wrong_step_weight == 2.0 and rebuilt.hparams == module.hparams
 
 
 def test_an_implicit_prm_trains_exports_and_scores_steps(tmp_path):

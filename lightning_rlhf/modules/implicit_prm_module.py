@@ -18,6 +18,7 @@ from lightning_rlhf.models.implicit_prm import ImplicitStepScorer
 from lightning_rlhf.models.loading import _check_exists, from_pretrained_kwargs
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.reward_module import RewardModule
+from lightning_rlhf.modules.settings import from_plain
 
 
 class ImplicitPRMModule(RewardModule):
@@ -53,13 +54,12 @@ class ImplicitPRMModule(RewardModule):
             raise ValueError(f"beta must be positive, got {beta}")
         super().__init__(reward_model, algorithm, optimizer, disable_dropout, export_dir, export_merged)
         self.beta = beta
-        self.hparams["beta"] = beta
+        self.hparams["beta"] = beta  # RewardModule stores its own arguments; this one's is added
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> ImplicitPRMModule:
-        module = super().from_hparams(hparams)
-        module.beta = module.hparams["beta"] = hparams.get("beta", 1.0)
-        return module
+        """Rebuild a module from the hyperparameters stored in its checkpoint."""
+        return cls(**from_plain(ImplicitPRMModule.__init__, hparams))
 
     def configure_model(self) -> None:
         if self.reward_model is not None:
