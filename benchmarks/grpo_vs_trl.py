@@ -129,7 +129,7 @@ def run_ours(spec: dict) -> dict:
         optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", weight_decay=spec["weight_decay"]),
         reward=FunctionReward("lightning_rlhf.rewards.answers.exact_answer"),
         online=OnlineSettings(sample_table_every_n_steps=0, generation_batch_size=spec["prompts_per_step"] * spec["group"],
-                              engine=spec["engine"]),
+                              engine=spec["engine"], micro_batch_size=spec["micro_batch_size"], group_by_length=True),
     )
     data = PromptDataModule(path=spec["data_path"], batch_size=spec["prompts_per_step"], max_length=spec["max_length"],
                             max_prompt_length=spec["max_prompt_length"], seed=spec["seed"])
@@ -231,6 +231,9 @@ def main() -> None:
     parser.add_argument("--engine", choices=["hf", "decode"], default="decode",
                         help="our rollout engine (online.engine): decode prefills a prompt once for its group and drops "
                         "finished rows; hf calls transformers' generate as TRL does")
+    parser.add_argument("--micro-batch-size", type=int, default=32,
+                        help="ours: rows per forward/backward, grouped by length (online.group_by_length: the same gradient, "
+                        "less padding); 0: the whole step's rows at once, as TRL runs them")
     parser.add_argument("--out", default=None, help="default: runs/bench-<algorithm>")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -251,12 +254,13 @@ def main() -> None:
             "work_dir": str(work), "prompts_per_step": args.prompts_per_step, "group": args.group,
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": 24, "max_length": 24 + args.max_new_tokens,
             "steps": args.steps, "warmup": args.warmup, "learning_rate": args.learning_rate,
-            "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed, "engine": args.engine}
+            "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed, "engine": args.engine,
+            "micro_batch_size": args.micro_batch_size or None}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     print(f"{args.algorithm}: {args.model} ({spec['model_dir']}), {args.prompts_per_step} prompts x {args.group} completions "
           f"per step, {args.max_new_tokens} new tokens at most, {args.steps} steps ({args.warmup} warm-up), fp32; "
-          f"our engine: {args.engine}")
+          f"ours: engine {args.engine}, micro-batches of {args.micro_batch_size or 'all'} rows grouped by length")
     results: dict[str, list[dict]] = {side: [] for side in WORKERS}
     for repeat in range(args.repeats):
         for side in WORKERS:

@@ -298,6 +298,11 @@ class OnlineAlgorithm(Algorithm):
     needs_reward: ClassVar[bool] = True
     #: the metric (a key of the rollout's or the loss's metrics) the progress bar shows
     progress_metric: ClassVar[str] = "objective/scores"
+    #: True when the loss is a sum of one term per row over the minibatch's own counts
+    #: (``loss_rows``, ``loss_tokens``): a micro-batch may then hold any rows, and
+    #: ``online.group_by_length`` puts rows of like length together. False keeps each group
+    #: (``group_index``: a pair, a prompt's samples) in one micro-batch.
+    rows_apart_in_loss: ClassVar[bool] = False
 
     @torch.no_grad()
     def rollout(self, ctx: OnlineContext, prompts: dict[str, Any]) -> Experience:

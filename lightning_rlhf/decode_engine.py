@@ -24,6 +24,7 @@ It samples the same distribution as ``HFEngine`` but not the same tokens for a g
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -99,7 +100,8 @@ class DecodeEngine:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                             use_cache=True, logits_to_keep=1)
-        cache, logits = output.past_key_values, output.logits[:, -1].float()
+        cache, logits = output.get("cache", output.get("past_key_values")), output.logits[:, -1].float()
+        cache_keyword = cache_argument(self.model)
         preallocate(cache, input_ids.shape[1] + settings.max_new_tokens)
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -136,7 +138,7 @@ class DecodeEngine:
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
             output = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                                past_key_values=cache, use_cache=True)
+                                use_cache=True, **{cache_keyword: cache})
             logits = output.logits[:, -1].float()
             next_position = next_position + 1
         tokens = [[t for t in row if t >= 0] for row in sampled.tolist()]
@@ -168,6 +170,14 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, return_logps: 
     logps = scores.log_softmax(-1)
     token = torch.multinomial(logps.exp(), 1).squeeze(1)
     return token, (logps.gather(1, token[:, None]).squeeze(1) if return_logps else None)
+
+
+def cache_argument(model) -> str:
+    """The name the model's forward takes its KV cache by: ``cache`` in transformers 5.x
+    (``past_key_values`` deprecated), ``past_key_values`` before. A peft wrapper passes
+    keywords through, so its base model's signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class PreallocatedLayer(DynamicLayer):

@@ -55,6 +55,8 @@ class GRPO(OnlineAlgorithm):
     leaves completions cut off without EOS out of the loss.
     """
 
+    rows_apart_in_loss = True  # advantages come with the rows; the loss divides by the minibatch's counts
+
     #: the ``loss_type`` values this class accepts, and the smallest group it can learn from
     loss_types: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
     min_generations: int = 2

@@ -57,6 +57,10 @@ class OnlineSettings:
     every row kept to the longest) or ``decode`` (one prefill per prompt shared by its
     samples, finished rows dropped: faster for groups; the same distribution, other draws
     for a seed); see ``lightning_rlhf.generation.ENGINES``"""
+    group_by_length: bool = False
+    """cut a minibatch into micro-batches of rows of like length (each trimmed of its own
+    padding) where the plugin's loss allows (``rows_apart_in_loss``); the same gradient up
+    to rounding, less padding computed"""
     rollout_batch_size: int | None = None
     """rows per forward without grad during a rollout (the policy's, the reference's and the
     critic's log-probs and values, each piece trimmed of its own padding); None:
@@ -292,7 +296,8 @@ class OnlineMixin:
         for minibatch in self.algorithm.minibatches(experience):
             rows = minibatch["input_ids"].shape[0]
             self._count_over_processes(minibatch)
-            for micro in split_micro_batches(minibatch, self.online_settings.micro_batch_size):
+            by_length = self.online_settings.group_by_length and self.algorithm.rows_apart_in_loss
+            for micro in split_micro_batches(minibatch, self.online_settings.micro_batch_size, by_length):
                 out = self.algorithm.loss(self, micro)
                 self.manual_backward(out.loss if out.loss.requires_grad else out.loss + self._zero_through_parameters())
                 weight = micro["input_ids"].shape[0] / rows
@@ -424,21 +429,28 @@ def _stitch(parts: list[Tensor], width: int) -> Tensor:
     return torch.cat([F.pad(part, (0, width - part.shape[1])) for part in parts])
 
 
-def split_micro_batches(minibatch: dict[str, Tensor], size: int | None):
+def split_micro_batches(minibatch: dict[str, Tensor], size: int | None, by_length: bool = False):
     """Yield pieces of about ``size`` rows of a minibatch (trimmed of padding), keeping its
     ``loss_tokens`` and ``loss_rows``, which count the whole minibatch. A piece ends only
     where a group ends (``group_index``: rows that share a prompt are contiguous), so it
-    may hold more than ``size`` rows, by less than a group."""
+    may hold more than ``size`` rows, by less than a group. ``by_length``: rows sorted by
+    length first and cut into pieces of exactly ``size`` (groups may be split: only for a
+    loss that scores each row apart), so each piece's padding is small."""
     n = minibatch["input_ids"].shape[0]
     if size is None or size >= n:
         yield minibatch
         return
-    for start, end in _piece_bounds(minibatch.get("group_index"), n, size):
+    if by_length:
+        order = minibatch["attention_mask"].sum(-1).argsort(stable=True)
+        pieces = [order[start : start + size] for start in range(0, n, size)]
+    else:
+        pieces = [torch.arange(start, end) for start, end in _piece_bounds(minibatch.get("group_index"), n, size)]
+    for rows in pieces:
         piece = {}
         for key, value in minibatch.items():
             if key in ("logp_index", "loss_tokens", "loss_rows"):
                 continue
-            piece[key] = value[start:end]
+            piece[key] = value.index_select(0, rows.to(value.device)) if by_length else value[int(rows[0]) : int(rows[-1]) + 1]
         piece = trim_padding(piece)
         piece["loss_tokens"], piece["loss_rows"] = minibatch["loss_tokens"], minibatch["loss_rows"]
         yield piece
