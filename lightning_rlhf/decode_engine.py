@@ -168,8 +168,19 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, return_logps: 
         drop[:, -1] = False
         scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     logps = scores.log_softmax(-1)
-    token = torch.multinomial(logps.exp(), 1).squeeze(1)
+    token = draw(logps.exp())
     return token, (logps.gather(1, token[:, None]).squeeze(1) if return_logps else None)
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row, drawn with probability ``probs`` (rows summing to 1), by inverting
+    the cumulative distribution: one uniform number per row, where ``torch.multinomial``
+    draws one per entry (measured 20x slower for 128 x 320 on the CPU). The running sum is
+    in float64, so the cut points stay exact to far below a token's probability even over a
+    150,000-token vocabulary; a zero-probability (truncated) entry is never drawn."""
+    cumulative = probs.double().cumsum(-1)
+    uniform = torch.rand((probs.shape[0], 1), dtype=torch.float64, device=probs.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 def cache_argument(model) -> str:

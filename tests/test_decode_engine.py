@@ -28,7 +28,7 @@ def frequent_tokens_as_eos(model, tokenizer) -> set[int]:
     groups = HFEngine(model, tokenizer, batch_size=64).generate(encode_prompts(tokenizer, PROMPTS), 8, SamplingSettings(max_new_tokens=8), seed=0)
     tokens = [t for t, _ in Counter(t for g in groups for s in g for t in s.token_ids).most_common(24)]
     model.generation_config.eos_token_id = tokens
-    return set(tokens)
+    return {*tokens, tokenizer.eos_token_id}  # the tokenizer's own ends a sample too
 
 
 def test_greedy_decoding_equals_transformers_generate(model, tiny_tokenizer):
@@ -177,3 +177,14 @@ def test_the_preallocated_cache_holds_what_a_growing_one_holds():
         assert allocated.get_seq_length() == grown.get_seq_length() == 5 + step + 1
     with pytest.raises(RuntimeError, match="holds 8 positions, 9 asked"):
         allocated.update(torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4), 0)
+
+
+def test_draw_never_picks_a_zero_probability_entry_and_follows_the_distribution():
+    from lightning_rlhf.decode_engine import draw
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.25, 0.25, 0.0]]).repeat(50_000, 1)
+    tokens = draw(probs)
+    counts = torch.bincount(tokens, minlength=6).float() / len(tokens)
+    assert counts[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(counts[[1, 3, 4]], torch.tensor([0.5, 0.25, 0.25]), atol=0.01, rtol=0)
