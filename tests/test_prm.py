@@ -285,7 +285,7 @@ def test_each_step_spans_its_tokens_from_its_first_to_its_scoring_token(tiny_tok
     assert step_token_spans(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", max_length=6)[1:] == ([2], [4])
 
 
-def _tiny_scorer(beta=1.0, bias=0.0):
+def _tiny_scorer(beta=1.0, bias=0.0, max_token_log_ratio=None):
     from transformers import AutoModelForCausalLM
 
     from lightning_rlhf.models import builtin
@@ -293,21 +293,23 @@ def _tiny_scorer(beta=1.0, bias=0.0):
 
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(builtin.resolve("builtin:tiny-llama"))
-    scorer = ImplicitStepScorer(policy, beta=beta, bias=bias)
+    scorer = ImplicitStepScorer(policy, beta=beta, bias=bias, max_token_log_ratio=max_token_log_ratio)
     with torch.no_grad():  # move pi_theta away from pi_ref, so that the ratio is not 0
         for parameter in scorer.policy.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     return scorer
 
 
-def test_the_implicit_step_score_against_the_textbook_sum(tiny_tokenizer, one_thread):
+@pytest.mark.parametrize("cap", [None, 0.0])
+def test_the_implicit_step_score_against_the_textbook_sum(tiny_tokenizer, one_thread, cap):
     """z_s = beta * sum over the step's tokens t (from its first to its scoring token) of
     log pi_theta(x_t | x_<t) - log pi_ref(x_t | x_<t), plus the bias; computed here from full
-    logits, for two right-padded rows of different lengths (the second scored alone too)."""
+    logits, for two right-padded rows of different lengths. With ``max_token_log_ratio`` 0
+    each token's term is min(0, term), so no step scores above the bias."""
     from lightning_rlhf.data.collate import pad_sequences
     from lightning_rlhf.data.stepwise import step_token_spans
 
-    scorer = _tiny_scorer(beta=0.5, bias=0.25)
+    scorer = _tiny_scorer(beta=0.5, bias=0.25, max_token_log_ratio=cap)
     spans = [step_token_spans(tiny_tokenizer, "Q?", ["a1", "b2"], "\n", 64),
              step_token_spans(tiny_tokenizer, "What?", ["c"], "\n", 64)]
     batch = pad_sequences([([], ids) for ids, _, _ in spans], tiny_tokenizer.pad_token_id)
@@ -323,9 +325,12 @@ def test_the_implicit_step_score_against_the_textbook_sum(tiny_tokenizer, one_th
     expected = []
     for ids, first, last in spans:
         policy, reference = token_logps(scorer.policy, ids), token_logps(scorer.reference, ids)
-        expected += [0.5 * sum(policy[t] - reference[t] for t in range(a, b + 1)) + 0.25 for a, b in zip(first, last)]
+        terms = [policy[t] - reference[t] if cap is None else min(cap, policy[t] - reference[t]) for t in range(len(ids))]
+        expected += [0.5 * sum(terms[a : b + 1]) + 0.25 for a, b in zip(first, last)]
     torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
     assert len(set(expected)) == 3 and all(abs(z - 0.25) > 1e-4 for z in expected)  # the ratio is not 0
+    if cap is not None:
+        assert all(z < 0.25 for z in expected)
 
 
 def test_the_implicit_score_trains_the_lm_not_the_reference(tiny_tokenizer, one_thread):
@@ -394,7 +399,7 @@ def test_an_implicit_prm_trains_exports_and_scores_steps(tmp_path):
     for directory in (export, export / "reference"):
         assert AutoModelForCausalLM.from_pretrained(directory).config.architectures == ["LlamaForCausalLM"]
     config = json_module.loads((export / "implicit_prm.json").read_text())
-    assert config["beta"] == 1.0 and config["bias"] != 0.0
+    assert config["beta"] == 1.0 and config["bias"] != 0.0 and config["max_token_log_ratio"] is None
     assert isinstance(load_reward_source(str(export)), StepRewardSource)
     source = StepRewardSource(str(export), step_separator=".", aggregation="min")
     assert isinstance(source.model, ImplicitStepScorer)
@@ -405,6 +410,13 @@ def test_an_implicit_prm_trains_exports_and_scores_steps(tmp_path):
     assert len({round(p, 6) for s in steps for p in s}) > 1  # trained: the steps' scores differ
     assert source(prompts, completions).tolist() == pytest.approx([min(s) for s in steps], rel=1e-6)
     assert source.step_scores(prompts[1:], completions[1:])[0] == pytest.approx(steps[1], abs=1e-5)
+    # the cap, written into the export after training, is read back and only lowers scores
+    (export / "implicit_prm.json").write_text(json_module.dumps(config | {"max_token_log_ratio": 0.0}))
+    capped = StepRewardSource(str(export), step_separator=".")
+    assert capped.model.max_token_log_ratio == 0.0
+    bias_probability = 1 / (1 + math.exp(-config["bias"]))
+    for row, capped_row in zip(steps, capped.step_scores(prompts, completions)):
+        assert all(c <= min(p, bias_probability) + 1e-6 for p, c in zip(row, capped_row))
 
 
 def test_the_prm_table_joins_seeds_run_apart(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ class ImplicitStepScorer(torch.nn.Module):
     learned ``bias``; :meth:`forward` gives every step's logit ``z_s``."""
 
     def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module | None = None, beta: float = 1.0,
-                 bias: float = 0.0, chunk_size: int = 1024):
+                 bias: float = 0.0, chunk_size: int = 1024, max_token_log_ratio: float | None = None):
         """
         Args:
             policy: the causal LM trained into the PRM (usually the policy's SFT model)
@@ -50,6 +50,11 @@ class ImplicitStepScorer(torch.nn.Module):
             beta: scale of the log-likelihood ratio (Yuan et al.'s beta)
             bias: the logit's starting offset (learned)
             chunk_size: positions per chunk of the LM head (``ops.selective_logps``)
+            max_token_log_ratio: cap on each token's log pi_theta - log pi_ref (None: no cap).
+                At 0 a step can score only below the bias: a token that the fine-tuned LM
+                made likelier counts for nothing. Why: training moves probability onto
+                tokens no label ever judged (a wrong term, an early answer), and without a
+                cap such a step outscores a right one, which RL finds (see the README)
         """
         super().__init__()
         if beta <= 0:
@@ -57,7 +62,7 @@ class ImplicitStepScorer(torch.nn.Module):
         self.policy = policy
         self.reference = reference if reference is not None else copy.deepcopy(policy)
         self.reference.requires_grad_(False).eval()
-        self.beta, self.chunk_size = beta, chunk_size
+        self.beta, self.chunk_size, self.max_token_log_ratio = beta, chunk_size, max_token_log_ratio
         self.bias = torch.nn.Parameter(torch.tensor(float(bias)))
 
     def train(self, mode: bool = True):
@@ -85,6 +90,8 @@ class ImplicitStepScorer(torch.nn.Module):
         with torch.no_grad():
             reference = self.token_logps(self.reference, input_ids, attention_mask)
         ratio = self.token_logps(self.policy, input_ids, attention_mask) - reference
+        if self.max_token_log_ratio is not None:
+            ratio = ratio.clamp(max=self.max_token_log_ratio)
         # A step's sum as the difference of two running sums; a row's first token is BOS (no
         # step starts there), so start - 1 is in the same row.
         running = ratio.reshape(-1).cumsum(0)
@@ -104,19 +111,22 @@ class ImplicitStepScorer(torch.nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         (directory / CONFIG_FILE).write_text(json.dumps({"kind": "implicit_prm", "beta": self.beta,
-                                                         "bias": float(self.bias.detach())}, indent=1) + "\n")
+                                                         "bias": float(self.bias.detach()),
+                                                         "max_token_log_ratio": self.max_token_log_ratio}, indent=1) + "\n")
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | str = torch.float32) -> ImplicitStepScorer:
-        """Load what :meth:`save_pretrained` wrote, frozen, in eval mode."""
+        """Load what :meth:`save_pretrained` wrote, frozen, in eval mode (``implicit_prm.json``'s
+        ``max_token_log_ratio`` may be edited after training: it changes only how steps score)."""
         from transformers import AutoModelForCausalLM
 
         directory = Path(directory)
         config = json.loads((directory / CONFIG_FILE).read_text())
         policy = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
         reference = AutoModelForCausalLM.from_pretrained(directory / REFERENCE_DIR, dtype=dtype)
-        scorer = cls(policy, reference, beta=config["beta"], bias=config["bias"])
+        scorer = cls(policy, reference, beta=config["beta"], bias=config["bias"],
+                     max_token_log_ratio=config.get("max_token_log_ratio"))
         return scorer.requires_grad_(False).eval()
 
 
