@@ -42,7 +42,7 @@ SEPARATOR = "."
 
 
 def sample(model_dir: str, prompts: list[str], n: int, seed: int, max_new_tokens: int) -> list[list[str]]:
-    from lightning_rlhf.collect import load_policy
+    from lightning_rlhf.commands.core import load_policy
     from lightning_rlhf.engine import HFEngine, SamplingSettings
 
     model, tokenizer = load_policy(model_dir)

@@ -27,7 +27,7 @@ from lightning_rlhf.stats import mean_interval
 
 
 def held_out_agreement(seed: int, prompts: list[str]) -> dict:
-    from lightning_rlhf.collect import load_policy
+    from lightning_rlhf.commands.core import load_policy
     from lightning_rlhf.models.builtin import seeded
     from lightning_rlhf.rewards.judge import PairwiseJudge
     from lightning_rlhf.toyworld.judge import agreement

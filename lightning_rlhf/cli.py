@@ -2,8 +2,8 @@
 
 Training commands (fit, validate, test, predict) are Lightning's CLI driven by a recipe
 (``lightning_rlhf.training_cli``); the others (list-plugins, list-recipes, export, ...) are
-small commands of their own (``lightning_rlhf.commands``). This module only dispatches, and
-prints the user's errors as one line.
+small commands of their own, a module each (``lightning_rlhf.commands``). This module only
+dispatches, and prints the user's errors as one line.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable
 
 from lightning_rlhf import registry
 from lightning_rlhf.callbacks.divergence import DivergenceError
+from lightning_rlhf.commands import COMMANDS, command
 from lightning_rlhf.data.errors import DataError
 from lightning_rlhf.rewards.remote import RewardServerUnavailable
 from lightning_rlhf.training_cli import RLHFCLI, one_line
@@ -24,12 +24,6 @@ USER_ERRORS = (DataError, FileNotFoundError, registry.UnknownAlgorithmError, Val
                RewardServerUnavailable)
 # A run that stopped on its own (a divergence, a reward server down) exits 1; a usage error 2.
 RUN_STOPPED = (DivergenceError, RewardServerUnavailable)
-
-
-def _extra_commands() -> dict[str, Callable[[list[str]], int]]:
-    from lightning_rlhf import commands
-
-    return commands.COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +47,11 @@ def _run(argv: list[str]) -> int:
     # main() (and the pipeline's fit stages) hand LightningCLI arguments that are not
     # sys.argv on purpose.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    extra = _extra_commands()
-    if argv and argv[0] in extra:
-        return extra[argv[0]](argv[1:]) or 0
+    if argv and argv[0] in COMMANDS:
+        return command(argv[0])(argv[1:]) or 0
     if argv and argv[0] in ("-h", "--help"):
         print("usage: lightning-rlhf {fit,validate,test,predict} --config RECIPE.yaml [overrides] [--debug]")
-        print("       lightning-rlhf {" + ",".join(extra) + "} [...]\n")
+        print("       lightning-rlhf {" + ",".join(COMMANDS) + "} [...]\n")
         print("Training commands take a recipe (see `lightning-rlhf list-recipes`);")
         print("`lightning-rlhf fit --help` lists every recipe key.")
         return 0

@@ -159,7 +159,7 @@ def run_toy_prompts(stage: Stage, pipeline: Pipeline) -> str:
 
 
 def check_label(stage: Stage) -> None:
-    from lightning_rlhf.collect import label_parser
+    from lightning_rlhf.commands.label import label_parser
 
     _check_with_parser(stage, label_parser())
     _check_judge(stage)
@@ -177,7 +177,7 @@ def _check_judge(stage: Stage) -> None:
 
 
 def run_label(stage: Stage, pipeline: Pipeline) -> str:
-    from lightning_rlhf.collect import label_command
+    from lightning_rlhf.commands.label import label_command
 
     label_command(option_argv(stage.options))
     return f"wrote {stage.options['output']}"
@@ -215,14 +215,14 @@ def run_fit(stage: Stage, pipeline: Pipeline) -> str:
 
 
 def check_evaluate(stage: Stage) -> None:
-    from lightning_rlhf.evaluate import evaluate_parser
+    from lightning_rlhf.commands.evaluate import evaluate_parser
 
     _check_with_parser(stage, evaluate_parser())
     _check_judge(stage)
 
 
 def run_evaluate(stage: Stage, pipeline: Pipeline) -> str:
-    from lightning_rlhf.evaluate import evaluate_command
+    from lightning_rlhf.commands.evaluate import evaluate_command
 
     evaluate_command(option_argv(stage.options), reference_memo=pipeline.reference_memo)
     return f"wrote {stage.options.get('output') or '(no --output)'}"

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from lightning_rlhf.collect import label_command, preference_rows, write_jsonl
+from lightning_rlhf.collect import preference_rows
+from lightning_rlhf.commands.core import write_jsonl
+from lightning_rlhf.commands.label import label_command
 from lightning_rlhf.data import PreferenceDataModule, RankingDataModule
 
 PROMPTS = ["The film was", "The soup was", "The trip was"]
@@ -83,7 +85,7 @@ def test_label_command_end_to_end(tmp_path, tiny_tokenizer, capsys, monkeypatch)
 
 
 def test_progress_is_quiet_when_the_output_is_not_a_terminal(capsys):
-    from lightning_rlhf.collect import load_policy
+    from lightning_rlhf.commands.core import load_policy
     from lightning_rlhf.generation import sample
 
     model, tokenizer = load_policy("builtin:tiny-llama")

@@ -28,7 +28,7 @@ def test_mismatched_or_empty_inputs_are_errors(function):
 
 
 def test_a_model_against_itself_ties_with_zero_kl(tiny_tokenizer):
-    from lightning_rlhf.collect import load_policy
+    from lightning_rlhf.commands.core import load_policy
 
     model, tokenizer = load_policy("builtin:tiny-llama")
     reward = FunctionReward("lightning_rlhf.toyworld.gold.gold_reward")
@@ -55,7 +55,7 @@ def test_the_proxy_reward_is_reported_beside_the_evaluation_reward_with_a_figure
     second reward; the report is drawn beside its JSON and the figure logged to W&B."""
     import json
 
-    from lightning_rlhf.evaluate import evaluate_command
+    from lightning_rlhf.commands.evaluate import evaluate_command
     from lightning_rlhf.tracking import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -171,8 +171,8 @@ def test_judge_directory_carries_its_settings(tmp_path):
 def test_label_and_evaluate_with_a_judge(tmp_path, capsys):
     """``label --judge`` writes the judge's verdict as each pair's margin; ``evaluate --judge``
     reports its win rate beside the reward's, through the commands a user types."""
-    from lightning_rlhf.collect import label_command
-    from lightning_rlhf.evaluate import evaluate_command
+    from lightning_rlhf.commands.label import label_command
+    from lightning_rlhf.commands.evaluate import evaluate_command
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Tell me a", "The weather", "Once upon"]))
@@ -197,7 +197,7 @@ def test_label_and_evaluate_with_a_judge(tmp_path, capsys):
 
 
 def test_label_needs_exactly_one_annotator(tmp_path):
-    from lightning_rlhf.collect import label_parser
+    from lightning_rlhf.commands.label import label_parser
 
     with pytest.raises(SystemExit):
         label_parser().parse_args(["--policy", TINY, "--prompts", "p", "--output", "o", "--reward", "gold", "--judge", TINY])

@@ -144,7 +144,7 @@ def test_lora_score_head_survives_export(tmp_path):
 
 
 def test_fit_checkpoint_metrics_and_export_command(tmp_path):
-    from lightning_rlhf.commands import export
+    from lightning_rlhf.commands.export import export
     from lightning_rlhf.data import PreferenceDataModule
 
     torch.manual_seed(0)

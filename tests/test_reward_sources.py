@@ -261,7 +261,7 @@ def test_score_command(tmp_path):
 
 
 def test_score_command_names_the_bad_row(tmp_path):
-    from lightning_rlhf.rewards.scoring import score_command
+    from lightning_rlhf.commands.score import score_command
 
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"prompt": "Q1", "completion": "a"}) + "\n" + json.dumps({"prompt": "Q2"}) + "\n")
