@@ -50,6 +50,10 @@ KINDS = {
     "online_dpo": ("online_dpo", "lightning_rlhf.data.PromptDataModule", "tiny_prompts.jsonl", {"beta": 0.1, "max_new_tokens": 8}),
 }
 ONLINE = ("ppo", "grpo", "reinforce_pp", "dapo", "rloo", "online_dpo")
+# Resumed here: dapo is the grpo plugin with dynamic sampling (the refill's random draws to
+# restore as well), so it covers plain grpo; reinforce_pp differs from grpo in its
+# advantages only, which carry no state across steps.
+RESUMED_ONLINE = ("ppo", "dapo", "rloo", "online_dpo")
 REWARD = {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": "lightning_rlhf.rewards.rules.letter_e_reward"}}
 
 
@@ -118,7 +122,7 @@ def policy_weights(cli: RLHFCLI) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("kind", ["sft", "dpo", *ONLINE])
+@pytest.mark.parametrize("kind", ["sft", "dpo", *RESUMED_ONLINE])
 def test_killed_mid_epoch_and_resumed_run_matches_uninterrupted_run(tmp_path, kind):
     whole = fit_in_process("--config", str(write_recipe(tmp_path, kind, "whole", name="whole")))
     assert whole.trainer.global_step == 6
