@@ -125,6 +125,7 @@ def run_ours(spec: dict) -> dict:
         algorithm = create_algorithm("rloo", beta=spec["rloo_beta"], **settings)
     module = OnlinePolicyModule(
         policy=ModelSettings(name_or_path=spec["model_dir"], dtype="float32"),
+        compile_policy=spec.get("compile", False),
         algorithm=algorithm,
         optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", weight_decay=spec["weight_decay"]),
         reward=FunctionReward("lightning_rlhf.rewards.answers.exact_answer"),
@@ -166,7 +167,7 @@ def run_trl(spec: dict) -> dict:
         max_completion_length=spec["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0,
         max_steps=spec["steps"], learning_rate=spec["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
         optim="adamw_torch", weight_decay=spec["weight_decay"], adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        max_grad_norm=1.0, bf16=False, gradient_checkpointing=False, disable_dropout=True,
+        max_grad_norm=1.0, bf16=False, gradient_checkpointing=False, disable_dropout=True, torch_compile=spec.get("compile", False),
         dataloader_num_workers=0, report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=True,
     )
     if spec["algorithm"] == "grpo":
@@ -234,6 +235,8 @@ def main() -> None:
     parser.add_argument("--micro-batch-size", type=int, default=32,
                         help="ours: rows per forward/backward, grouped by length (online.group_by_length: the same gradient, "
                         "less padding); 0: the whole step's rows at once, as TRL runs them")
+    parser.add_argument("--compile", action="store_true", help="both sides: torch.compile the training forward "
+                        "(ours: compile_policy; TRL: torch_compile)")
     parser.add_argument("--out", default=None, help="default: runs/bench-<algorithm>")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -255,7 +258,7 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": 24, "max_length": 24 + args.max_new_tokens,
             "steps": args.steps, "warmup": args.warmup, "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed, "engine": args.engine,
-            "micro_batch_size": args.micro_batch_size or None}
+            "micro_batch_size": args.micro_batch_size or None, "compile": args.compile}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     print(f"{args.algorithm}: {args.model} ({spec['model_dir']}), {args.prompts_per_step} prompts x {args.group} completions "
