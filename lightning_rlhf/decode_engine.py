@@ -28,17 +28,16 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lightning_rlhf.engine import (
     Sample,
     SamplingSettings,
-    _random_stream,
+    batch_starts,
     eos_token_ids,
     left_pad,
-    neutral_generation_config,
     pad_token_id,
+    sampling_from,
     to_sample,
 )
 
@@ -74,23 +73,14 @@ class DecodeEngine:
             raise ValueError(f"n must be >= 1, got {n}")
         model, tokenizer = self.model, self.tokenizer
         eos_ids = eos_token_ids(model, tokenizer)
-        device = next(model.parameters()).device
         prompts_per_batch = max(1, self.batch_size // n)
-        was_training = model.training
-        model.eval()
         result: list[list[Sample]] = []
-        try:
-            with _random_stream(seed, device), neutral_generation_config(model):
-                starts = range(0, len(prompt_ids), prompts_per_batch)
-                if self.progress is not None:
-                    starts = tqdm(starts, desc=self.progress, unit="batch", mininterval=2.0, dynamic_ncols=True, disable=None)
-                for start in starts:
-                    rows = [list(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
-                    tokens, logps = self._decode(rows, n, settings, eos_ids, device, return_logps)
-                    samples = [to_sample(tokenizer, t, eos_ids, lp) for t, lp in zip(tokens, logps)]
-                    result.extend(samples[i * n : (i + 1) * n] for i in range(len(rows)))
-        finally:
-            model.train(was_training)
+        with sampling_from(model, seed) as device:
+            for start in batch_starts(len(prompt_ids), prompts_per_batch, self.progress):
+                rows = [list(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
+                tokens, logps = self._decode(rows, n, settings, eos_ids, device, return_logps)
+                samples = [to_sample(tokenizer, t, eos_ids, lp) for t, lp in zip(tokens, logps)]
+                result.extend(samples[i * n : (i + 1) * n] for i in range(len(rows)))
         return result
 
     def _decode(self, rows, n, settings, eos_ids, device, return_logps):

@@ -153,33 +153,45 @@ class HFEngine:
         config = generation_config(settings, sorted(eos_ids), pad_id, tokenizer.bos_token_id)
         # Prompt i's samples are rows i*n .. i*n+n-1 of the expanded list.
         expanded = [list(ids) for ids in prompt_ids for _ in range(n)]
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         flat: list[Sample] = []
-        try:
-            with _random_stream(seed, device), neutral_generation_config(model):
-                starts = range(0, len(expanded), self.batch_size)
-                if self.progress is not None:
-                    # disable=None: quiet when the output is not a terminal (a log file, CI)
-                    starts = tqdm(starts, desc=self.progress, unit="batch", mininterval=2.0, dynamic_ncols=True, disable=None)
-                for start in starts:
-                    rows = expanded[start : start + self.batch_size]
-                    input_ids, attention_mask = left_pad(rows, pad_id)
-                    recorder = SampledTokenLogps() if return_logps else None
-                    output = model.generate(
-                        input_ids=input_ids.to(device),
-                        attention_mask=attention_mask.to(device),
-                        generation_config=config,
-                        logits_processor=sampling_processors(settings, recorder),
-                    )
-                    new_tokens = output[:, input_ids.shape[1] :]
-                    logps = recorder.finish(new_tokens).tolist() if recorder else [None] * len(rows)
-                    flat.extend(to_sample(tokenizer, tokens, eos_ids, row_logps)
-                                for tokens, row_logps in zip(new_tokens.tolist(), logps))
-        finally:
-            model.train(was_training)
+        with sampling_from(model, seed) as device:
+            for start in batch_starts(len(expanded), self.batch_size, self.progress):
+                rows = expanded[start : start + self.batch_size]
+                input_ids, attention_mask = left_pad(rows, pad_id)
+                recorder = SampledTokenLogps() if return_logps else None
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                    logits_processor=sampling_processors(settings, recorder),
+                )
+                new_tokens = output[:, input_ids.shape[1] :]
+                logps = recorder.finish(new_tokens).tolist() if recorder else [None] * len(rows)
+                flat.extend(to_sample(tokenizer, tokens, eos_ids, row_logps)
+                            for tokens, row_logps in zip(new_tokens.tolist(), logps))
         return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+
+
+@contextmanager
+def sampling_from(model, seed: int | None) -> Iterator[torch.device]:
+    """Sample from the live model: eval mode (put back after), the checkpoint's generation
+    config hidden, a private random stream when ``seed`` is given; yields its device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with _random_stream(seed, device), neutral_generation_config(model):
+            yield device
+    finally:
+        model.train(was_training)
+
+
+def batch_starts(total: int, size: int, progress: str | None) -> Iterator[int]:
+    """Where each batch of ``size`` starts; with a progress bar over them when ``progress``
+    names one (quiet when the output is not a terminal: a log file, CI)."""
+    starts = range(0, total, size)
+    return iter(starts) if progress is None else iter(
+        tqdm(starts, desc=progress, unit="batch", mininterval=2.0, dynamic_ncols=True, disable=None))
 
 
 def generation_config(settings: SamplingSettings, eos_ids: list[int], pad_id: int, bos_id: int | None) -> GenerationConfig:

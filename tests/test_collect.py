@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lightning_rlhf.collect import preference_rows
-from lightning_rlhf.commands.core import write_jsonl
+from lightning_rlhf.data.readers import write_jsonl
 from lightning_rlhf.commands.label import label_command
 from lightning_rlhf.data import PreferenceDataModule, RankingDataModule
 

@@ -1,11 +1,9 @@
 """What several commands share: sampling arguments, reading prompts, loading a policy to
-sample from, writing rows, printing a table."""
+sample from, printing a table."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def read_prompt_rows(path: str, limit: int | None = None) -> tuple[list[str], list[dict]]:
@@ -38,15 +36,6 @@ def load_policy(name_or_path: str):
 
     settings = ModelSettings(name_or_path=name_or_path)
     return load_causal_lm(settings, trainable=False), load_tokenizer(settings)
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row) + "\n")
-    return path
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

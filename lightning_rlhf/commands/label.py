@@ -10,7 +10,8 @@ import time
 from dataclasses import asdict
 
 from lightning_rlhf.collect import MODES, preference_rows
-from lightning_rlhf.commands.core import add_sampling_arguments, load_policy, read_prompt_rows, write_jsonl
+from lightning_rlhf.commands.core import add_sampling_arguments, load_policy, read_prompt_rows
+from lightning_rlhf.data.readers import write_jsonl
 
 
 def label_parser() -> argparse.ArgumentParser:

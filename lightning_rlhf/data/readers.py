@@ -120,3 +120,13 @@ def _read_hub_dataset(name: str, split: str) -> Iterator[Row]:
 
     for row, record in enumerate(datasets.load_dataset(name, split=split), start=1):
         yield row, record
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Rows as JSON lines (the layout :func:`read_rows` reads first), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for row in rows:
+            file.write(json.dumps(row) + "\n")
+    return path

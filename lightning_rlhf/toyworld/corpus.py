@@ -20,11 +20,12 @@ prompts all come from the train side only.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from lightning_rlhf.data.readers import write_jsonl
 
 SPLITS = ("train", "heldout")
 # One prompt in HELDOUT_EVERY lands in the held-out split.
@@ -531,22 +532,15 @@ def prompts(n: int, split: str = "train", seed: int = 0) -> list[str]:
     return list(chosen)
 
 
-def _write_jsonl(path: str | Path, rows: list[dict[str, str]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row) + "\n")
-    return path
 
 
 def write_prompts(path: str | Path, n: int, split: str = "train", seed: int = 0) -> Path:
     """Write `n` prompts of one split as JSONL rows ``{"prompt": ...}``."""
-    return _write_jsonl(path, [{"prompt": prompt} for prompt in prompts(n, split, seed)])
+    return write_jsonl(path, [{"prompt": prompt} for prompt in prompts(n, split, seed)])
 
 
 def write_sft(path: str | Path, n: int, seed: int = 0) -> Path:
     """Write `n` supervised pairs as JSONL rows ``{"prompt": ..., "completion": ...}``;
     the completion begins with a space, so ``prompt + completion`` is the full text."""
     rows = [{"prompt": p, "completion": c} for p, c in sft_pairs(n, seed)]
-    return _write_jsonl(path, rows)
+    return write_jsonl(path, rows)
