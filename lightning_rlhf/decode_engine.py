@@ -56,6 +56,7 @@ class DecodeEngine:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
+        self.cache_keyword = cache_argument(model)
 
     def weights_changed(self) -> None:
         return  # samples from the live module
@@ -91,15 +92,13 @@ class DecodeEngine:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                             use_cache=True, logits_to_keep=1)
         cache, logits = output.get("cache", output.get("past_key_values")), output.logits[:, -1].float()
-        cache_keyword = cache_argument(self.model)
         preallocate(cache, input_ids.shape[1] + settings.max_new_tokens)
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
             attention_mask = attention_mask.repeat_interleave(n, dim=0)
-            positions = positions.repeat_interleave(n, dim=0)
         total = len(rows) * n
-        next_position = positions[:, -1:] + 1
+        next_position = attention_mask.sum(-1, keepdim=True)  # a row's real tokens so far: the next one's position
         eos = torch.tensor(sorted(eos_ids), device=device)
         # live[j]: which sample the j-th row of the shrinking batch is
         live = torch.arange(total, device=device)
@@ -128,7 +127,7 @@ class DecodeEngine:
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
             output = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                                use_cache=True, **{cache_keyword: cache})
+                                use_cache=True, **{self.cache_keyword: cache})
             logits = output.logits[:, -1].float()
             next_position = next_position + 1
         tokens = [[t for t in row if t >= 0] for row in sampled.tolist()]

@@ -423,7 +423,7 @@ def run_pipeline(pipeline: Pipeline, print_fn: Callable[[str], None] = print) ->
     total = len(pipeline.stages)
     for block in _blocks(pipeline.stages):
         if block[0].seeded and pipeline.jobs > 1 and len(pipeline.seeds) > 1:
-            records += run_seeds_in_parallel(pipeline, block, pipeline.jobs, print_fn, started)
+            records += run_seeds_in_parallel(pipeline, block, print_fn)
             continue
         seeds = pipeline.seeds if block[0].seeded else [None]
         for seed in seeds:
@@ -437,16 +437,15 @@ def run_pipeline(pipeline: Pipeline, print_fn: Callable[[str], None] = print) ->
 # The stages of one seed never read another seed's files, so seeds can run at once. On a
 # few CPU cores this pays: the toy world's models are small, and one process uses two
 # threads at about 70% (user CPU / wall time 1.35 in the canonical pipeline's stages).
-def run_seeds_in_parallel(pipeline: Pipeline, block: list[Stage], jobs: int,
-                          print_fn: Callable[[str], None], started: float) -> list[dict]:
-    """Each seed's run of `block` in a worker process of its own (at most `jobs` at once),
+def run_seeds_in_parallel(pipeline: Pipeline, block: list[Stage], print_fn: Callable[[str], None]) -> list[dict]:
+    """Each seed's run of `block` in a worker process of its own (at most ``pipeline.jobs`` at once),
     each with an equal share of the cores as its thread count. A worker's own output (fit
     logs, progress bars) goes to ``<output_dir>/logs/seed<N>.log``; the stage lines come
     here, marked with the seed. Records are returned in seed order."""
     import multiprocessing
 
     seeds = pipeline.seeds
-    workers = min(jobs, len(seeds))
+    workers = min(pipeline.jobs, len(seeds))
     threads = max(1, available_cores() // workers)
     (pipeline.output_dir / "logs").mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no forked torch thread pools
@@ -456,7 +455,7 @@ def run_seeds_in_parallel(pipeline: Pipeline, block: list[Stage], jobs: int,
     results = {}
     pool = context.Pool(workers, initializer=_worker_init, initargs=(lines,))
     try:
-        pending = {seed: pool.apply_async(_run_seed_block, ((pipeline, [s.number for s in block], seed, threads),))
+        pending = {seed: pool.apply_async(_run_seed_block, ((pipeline, block, seed, threads),))
                    for seed in seeds}
         # A worker's lines reach the queue through a feeder thread, possibly after its result:
         # each seed's last message is its number, and the loop waits for every one.
@@ -501,9 +500,8 @@ def _worker_init(lines) -> None:
 def _run_seed_block(task) -> list[dict]:
     import torch
 
-    pipeline, numbers, seed, threads = task
+    pipeline, block, seed, threads = task
     torch.set_num_threads(threads)
-    block = [stage for stage in pipeline.stages if stage.number in numbers]
     total, started = len(pipeline.stages), time.perf_counter()
     log = pipeline.output_dir / "logs" / f"seed{seed}.log"
     # Everything the worker writes, W&B's service and C libraries included, goes to its log.

@@ -44,7 +44,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="longest completion in tokens")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--engine", choices=["hf", "decode"], default="hf",
+    from lightning_rlhf.generation import ENGINES
+
+    parser.add_argument("--engine", choices=list(ENGINES), default="hf",
                         help="what samples: hf (transformers' generate) or decode (one prefill per prompt for its "
                         "samples, finished rows dropped: faster with several samples per prompt; the same "
                         "distribution, other draws for a seed)")
