@@ -121,6 +121,13 @@ class OnlineContext(PolicyContext, Protocol):
         and per completion its step scores and the ``policy_logps`` columns that end them."""
         ...
 
+    def online_process_rewards(self, rollout: Rollout, outcomes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """For a reward source that learns from the rollouts (``rewards.OnlineImplicitPRM``):
+        its PRM updated once on this rollout with ``outcomes`` ``[N]`` as labels (while
+        training), then ``[N, T-1]`` per-token process rewards aligned with ``policy_logps``,
+        and the update's metrics."""
+        ...
+
     def values(self, batch: dict[str, Tensor]) -> Tensor:
         """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad unless in a
         rollout). Only for a plugin whose ``needs_value`` is true."""

@@ -78,6 +78,8 @@ class GRPO(OnlineAlgorithm):
         overlong_penalty: float = 1.0,
         refill_rounds: int | None = None,
         process_rewards: bool = False,
+        online_process_rewards: bool = False,
+        process_weight: float = 1.0,
         temperature: float = 1.0,
         max_new_tokens: int = 48,
     ):
@@ -102,6 +104,14 @@ class GRPO(OnlineAlgorithm):
                 of its group, and a token's advantage is the sum of the normalised rewards of
                 the steps that end at or after it (GRPO with process supervision, Shao et al.
                 2024 sec. 4.1.3); grpo, dr_grpo, cispo and dapo without refill
+            online_process_rewards: PRIME (Cui et al. 2025): the reward source is an outcome
+                reward with an implicit PRM that learns from it on every rollout
+                (``rewards.OnlineImplicitPRM``); the PRM is updated on the rollout first, then
+                gives each token a process reward, and a token's advantage adds the outcome's
+                and the process rewards' leave-one-out advantages (:func:`prime_advantages`);
+                the same loss types as ``process_rewards``, no std division
+            process_weight: w, the process advantage's weight in ``online_process_rewards``'
+                sum (1: PRIME's plain sum)
             temperature: sampling temperature; log-probs are computed from logits / T
             max_new_tokens: longest completion sampled
         """
@@ -122,11 +132,19 @@ class GRPO(OnlineAlgorithm):
         self.overlong_buffer, self.overlong_penalty = overlong_buffer, overlong_penalty
         if refill_rounds is not None and (refill_rounds < 0 or (refill_rounds > 0 and loss_type != "dapo")):
             raise ValueError(f"refill_rounds is dapo's dynamic sampling: >= 0, and only with loss_type dapo, got {refill_rounds}")
-        self.refill_rounds = (3 if loss_type == "dapo" and not process_rewards else 0) if refill_rounds is None else refill_rounds
+        per_token = process_rewards or online_process_rewards
+        self.refill_rounds = (3 if loss_type == "dapo" and not per_token else 0) if refill_rounds is None else refill_rounds
         if process_rewards and (loss_type not in ("grpo", "dr_grpo", "dapo", "cispo") or self.refill_rounds):
             raise ValueError("process_rewards gives each token its own advantage: loss_type grpo, dr_grpo, cispo or dapo "
                              f"without refill (refill_rounds: 0), got {loss_type!r} with refill_rounds {self.refill_rounds}")
         self.process_rewards = process_rewards
+        if online_process_rewards and (process_rewards or loss_type not in ("grpo", "dr_grpo", "dapo", "cispo")
+                                       or self.refill_rounds or scale_rewards):
+            raise ValueError("online_process_rewards (PRIME) gives each token its own leave-one-out advantage: loss_type grpo, "
+                             "dr_grpo, cispo or dapo without refill, with neither process_rewards nor scale_rewards, got "
+                             f"{loss_type!r}, refill_rounds {self.refill_rounds}, process_rewards {process_rewards}, "
+                             f"scale_rewards {scale_rewards}")
+        self.online_process_rewards, self.process_weight = online_process_rewards, process_weight
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         # What the module reads: G rows per prompt, and a reference only when the KL term is on.
         self.samples_per_prompt = num_generations
@@ -174,6 +192,9 @@ class GRPO(OnlineAlgorithm):
         if self.process_rewards:
             step_scores, step_columns = pieces[0][4]  # no refill with process rewards: one piece
             advantages = process_advantages(step_scores, step_columns, g, mask.shape[1], self.divides_by_std).to(mask.device) * mask
+        elif self.online_process_rewards:  # PRIME: the PRM learns from this rollout's outcomes, then scores its tokens
+            token_rewards, prm_metrics = ctx.online_process_rewards(sampled, scores)
+            advantages = prime_advantages(rewards, token_rewards, mask, g, self.process_weight)
         else:
             advantages = self.advantages(rewards, mask.bool() & scored[:, None], log_ratio, getattr(ctx, "sum_over_processes", None))
         flat_groups = group_is_flat(rewards, g)
@@ -212,6 +233,9 @@ class GRPO(OnlineAlgorithm):
         if g > 1:  # a group of one has no spread
             metrics["objective/reward_std_in_group"] = group_moments(rewards, g)[2].mean()
             metrics["objective/zero_variance_groups"] = flat_groups.float().mean()
+        if self.online_process_rewards:
+            metrics.update({f"objective/{k}": v for k, v in prm_metrics.items()})
+            metrics["objective/process_reward_sum"] = (token_rewards * mask).sum(-1).mean()
         if self.refill_rounds:
             metrics["objective/refill_prompts"] = torch.tensor(float(refill_prompts))
         if log_ratio is not None:
@@ -339,6 +363,44 @@ def process_advantages(step_scores: list[list[float]], step_columns: list[list[i
                 normalised = value - mean
                 dense[i, column] += normalised / (std + 1e-4) if divide_by_std else normalised
     return dense.flip(-1).cumsum(-1).flip(-1)
+
+
+def prime_advantages(outcomes: torch.Tensor, token_rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
+                     process_weight: float = 1.0) -> torch.Tensor:
+    """``[N, T]`` PRIME advantages (Cui et al. 2025, arXiv:2502.01456, sec. 3.3, RLOO on both
+    rewards, gamma = 1), from the outcome rewards ``[N]`` (NaN: left out, advantage 0) and
+    the token process rewards ``[N, T]`` (0 where ``mask`` is), in groups of ``group_size``
+    contiguous rows of K samples:
+
+        A_it = [r_i - 1/(K-1) sum_{j != i} r_j]                           (outcome, leave-one-out)
+             + w * sum_{s >= t} [p_is - 1/(K-1) sum_{j != i} mean_u p_ju]  (process: the return of
+                                                                            the later tokens' rewards,
+                                                                            each less a leave-one-out
+                                                                            baseline)
+
+    with mean_u p_ju the mean token reward of sample j; the outcome's advantage is the return
+    of a reward on the last token, the same for every token. ``w = process_weight``, 1 in
+    PRIME (its plain sum). Leave-one-out means are over the group's scored samples."""
+    mask = mask.to(token_rewards.dtype)
+    scored = ~torch.isnan(outcomes)
+    mean_process = (token_rewards * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    process_baseline = leave_one_out_means(torch.where(scored, mean_process, torch.full_like(mean_process, torch.nan)), group_size)
+    outcome = outcomes - leave_one_out_means(outcomes, group_size)
+    per_token = (token_rewards - process_baseline[:, None]) * mask
+    returns = per_token.flip(-1).cumsum(-1).flip(-1)
+    advantages = (outcome[:, None] + process_weight * returns) * mask
+    return torch.where(scored[:, None], advantages, torch.zeros_like(advantages))
+
+
+def leave_one_out_means(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N]``: per value, the mean of the other scored (non-NaN) values of its group of
+    ``group_size`` contiguous rows (0 when there is none)."""
+    grouped = values.view(-1, group_size)
+    scored = ~torch.isnan(grouped)
+    present = torch.where(scored, grouped, torch.zeros_like(grouped))
+    others = present.sum(-1, keepdim=True) - present
+    count = scored.sum(-1, keepdim=True) - scored.to(torch.long)
+    return (others / count.clamp(min=1)).flatten()
 
 
 def group_moments(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -211,6 +211,21 @@ class OnlineMixin:
         aggregate = torch.tensor([aggregate_steps(s, source.aggregation) for s in scores], device=self.device)
         return aggregate, (scores, columns)
 
+    def online_process_rewards(self, rollout: Rollout, outcomes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """For a reward source that learns process rewards from the rollouts
+        (``rewards.OnlineImplicitPRM``, PRIME): while training, one update of its PRM on this
+        rollout's completions with ``outcomes`` ``[N]`` as labels, then the updated PRM's
+        ``[N, T-1]`` per-token process rewards, aligned with ``policy_logps``, and the
+        update's metrics. The PRM is the source's own model with its own optimiser (saved
+        with the source's state in checkpoints); the policy's rollout stays without grad."""
+        source = self.reward_source
+        if not hasattr(source, "update_and_score"):
+            raise RuntimeError(f"algorithm {self.algorithm.name!r} trains a process reward model on its rollouts: its reward "
+                               f"source must be lightning_rlhf.rewards.OnlineImplicitPRM, got {type(source).__name__}")
+        source.check_tokenizer(self.tokenizer)
+        rewards, metrics = source.update_and_score(rollout.batch, outcomes)
+        return rewards.to(self.device), metrics
+
     def values(self, batch: dict[str, Tensor]) -> Tensor:
         """``[N, T-1]`` critic values aligned with ``policy_logps`` (with grad when enabled)."""
         if self.value_model is not None:
