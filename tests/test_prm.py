@@ -131,6 +131,8 @@ def test_a_prm_trains_exports_and_scores_steps(tmp_path):
     assert source(prompts, completions).tolist() == pytest.approx([math.prod(s) for s in steps], rel=1e-6)
     # scored one at a time or together: the same (padding changes nothing)
     assert source.step_scores(prompts[1:], completions[1:])[0] == pytest.approx(steps[1], abs=1e-5)
+    with pytest.raises(ValueError, match="max_token_log_ratio"):  # a head has no log-ratio to cap
+        StepRewardSource(str(export), max_token_log_ratio=0.0)
 
 
 # -- RL with step rewards -------------------------------------------------------------------
@@ -417,6 +419,21 @@ def test_an_implicit_prm_trains_exports_and_scores_steps(tmp_path):
     bias_probability = 1 / (1 + math.exp(-config["bias"]))
     for row, capped_row in zip(steps, capped.step_scores(prompts, completions)):
         assert all(c <= min(p, bias_probability) + 1e-6 for p, c in zip(row, capped_row))
+    # a recipe sets the cap on the source, over the export's: .inf lifts it, 0 puts it back
+    lifted = StepRewardSource(str(export), step_separator=".", max_token_log_ratio=math.inf)
+    assert lifted.model.max_token_log_ratio is None
+    for row, lifted_row in zip(steps, lifted.step_scores(prompts, completions)):
+        assert lifted_row == pytest.approx(row, abs=1e-5)
+    (export / "implicit_prm.json").write_text(json_module.dumps(config))  # no cap in the export
+    spec = {"class_path": "lightning_rlhf.rewards.StepRewardSource",
+            "init_args": {"path": str(export), "step_separator": ".", "max_token_log_ratio": 0.0}}
+    recapped = load_reward_source(spec)
+    assert recapped.model.max_token_log_ratio == 0.0
+    for row, capped_row in zip(recapped.step_scores(prompts, completions), capped.step_scores(prompts, completions)):
+        assert row == pytest.approx(capped_row, abs=1e-6)
+    from lightning_rlhf.modules.online import reward_spec
+
+    assert reward_spec(recapped)["init_args"]["max_token_log_ratio"] == 0.0  # checkpoints keep it
 
 
 def test_the_prm_table_joins_seeds_run_apart(tmp_path, monkeypatch):

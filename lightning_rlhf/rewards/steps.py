@@ -59,6 +59,7 @@ class StepRewardSource(RewardSource):
         device: str = "auto",
         dtype: str = "float32",
         max_length: int = 1024,
+        max_token_log_ratio: float | None = None,
     ):
         """
         Args:
@@ -71,6 +72,11 @@ class StepRewardSource(RewardSource):
             dtype: float32, bfloat16 or float16
             max_length: longest sequence scored, in the model's tokens; steps past it are
                 not scored
+            max_token_log_ratio: an implicit PRM's cap on each token's log pi_theta - log pi_ref
+                (``models.implicit_prm``; at 0 a token the fine-tuned LM made likelier counts for
+                nothing); None: the cap the export's ``implicit_prm.json`` holds (none unless
+                written there); ``.inf``: no cap, whatever the export says. A head PRM has no
+                log-ratio: setting it there is an error
         """
         if aggregation not in ("min", "product", "last"):
             raise ValueError(f"aggregation must be min, product or last, got {aggregation!r}")
@@ -78,13 +84,18 @@ class StepRewardSource(RewardSource):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.path, self.aggregation, self.step_separator = path, aggregation, step_separator
         self.batch_size, self.device, self.dtype, self.max_length = batch_size, device, dtype, max_length
+        self.max_token_log_ratio = max_token_log_ratio
         self._device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                     "cpu" if device == "auto" else device)
         if is_implicit_prm(path):  # models.implicit_prm: scored by log-likelihood ratio, not a head
             self.model = ImplicitStepScorer.from_pretrained(path, getattr(torch, dtype) if dtype != "auto" else "auto")
+            if max_token_log_ratio is not None:
+                self.model.max_token_log_ratio = None if math.isinf(max_token_log_ratio) else max_token_log_ratio
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
+        elif max_token_log_ratio is not None:
+            raise ValueError(f"max_token_log_ratio caps an implicit PRM's log-ratios; {path} is a head PRM (a token classifier)")
         else:
             self.model, self.tokenizer = load_exported_process_reward_model(path, dtype)
         self.model.to(self._device)
