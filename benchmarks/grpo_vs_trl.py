@@ -130,7 +130,8 @@ def run_ours(spec: dict) -> dict:
         optimizer=OptimizerSettings(learning_rate=spec["learning_rate"], schedule="constant", weight_decay=spec["weight_decay"]),
         reward=FunctionReward("lightning_rlhf.rewards.answers.exact_answer"),
         online=OnlineSettings(sample_table_every_n_steps=0, generation_batch_size=spec["prompts_per_step"] * spec["group"],
-                              engine=spec["engine"], micro_batch_size=spec["micro_batch_size"], group_by_length=True),
+                              engine=spec["engine"], micro_batch_size=spec["micro_batch_size"],
+                              share_prompt=spec["layout"] == "share-prompt", group_by_length=spec["layout"] == "by-length"),
     )
     data = PromptDataModule(path=spec["data_path"], batch_size=spec["prompts_per_step"], max_length=spec["max_length"],
                             max_prompt_length=spec["max_prompt_length"], seed=spec["seed"])
@@ -233,8 +234,12 @@ def main() -> None:
                         help="our rollout engine (online.engine): decode prefills a prompt once for its group and drops "
                         "finished rows; hf calls transformers' generate as TRL does")
     parser.add_argument("--micro-batch-size", type=int, default=32,
-                        help="ours: rows per forward/backward, grouped by length (online.group_by_length: the same gradient, "
-                        "less padding); 0: the whole step's rows at once, as TRL runs them")
+                        help="ours: rows per forward/backward (gradient accumulation); 0: the whole step's rows at once, "
+                        "as TRL runs them")
+    parser.add_argument("--layout", choices=["share-prompt", "by-length", "rows"], default="share-prompt",
+                        help="ours: how the loss's forwards lay rows out: share-prompt (online.share_prompt: a group in "
+                        "one row, its prompt once), by-length (online.group_by_length: micro-batches of rows of like "
+                        "length), rows (one row per sample, micro-batches in rollout order, as TRL)")
     parser.add_argument("--compile", action="store_true", help="both sides: torch.compile the training forward "
                         "(ours: compile_policy; TRL: torch_compile)")
     parser.add_argument("--out", default=None, help="default: runs/bench-<algorithm>")
@@ -258,12 +263,12 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": 24, "max_length": 24 + args.max_new_tokens,
             "steps": args.steps, "warmup": args.warmup, "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed, "engine": args.engine,
-            "micro_batch_size": args.micro_batch_size or None, "compile": args.compile}
+            "micro_batch_size": args.micro_batch_size or None, "layout": args.layout, "compile": args.compile}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     print(f"{args.algorithm}: {args.model} ({spec['model_dir']}), {args.prompts_per_step} prompts x {args.group} completions "
           f"per step, {args.max_new_tokens} new tokens at most, {args.steps} steps ({args.warmup} warm-up), fp32; "
-          f"ours: engine {args.engine}, micro-batches of {args.micro_batch_size or 'all'} rows grouped by length")
+          f"ours: engine {args.engine}, micro-batches of {args.micro_batch_size or 'all'} rows, layout {args.layout}")
     results: dict[str, list[dict]] = {side: [] for side in WORKERS}
     for repeat in range(args.repeats):
         for side in WORKERS:

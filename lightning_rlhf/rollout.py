@@ -36,7 +36,8 @@ class Rollout:
     """Sampled completions of a batch of prompts, in the training layout."""
 
     batch: dict[str, Tensor]
-    """input_ids, attention_mask, completion_mask [N, T] (right-padded), logp_index"""
+    """input_ids, attention_mask, completion_mask [N, T] (right-padded), logp_index, and
+    group_index [N]: which prompt a row samples (rows of one prompt are consecutive)"""
     completions: list[str]
     """decoded completions: no prompt, no special tokens"""
     finished: Tensor
@@ -68,6 +69,7 @@ def generate_rollout(
                          f"{len(prompt_ids)} prompts, n = {n}")
     rows = [(list(prompt), sample) for prompt, group in zip(prompt_ids, groups) for sample in group]
     batch = pad_sequences([(prompt, sample.token_ids) for prompt, sample in rows], pad_token_id(tokenizer))
+    batch["group_index"] = torch.arange(len(prompt_ids)).repeat_interleave(n)
     return Rollout(
         batch={k: v.to(device) for k, v in batch.items()},
         completions=[sample.text for _, sample in rows],
@@ -80,11 +82,15 @@ def concat_rollouts(rollouts: Sequence[Rollout]) -> Rollout:
     """Several rollouts as one (rows in order), each batch tensor right-padded to the widest.
 
     The padding is 0 in every tensor: masks are 0 there, and the token id under a mask is
-    never read (a right-padded row's real tokens cannot attend to what follows them)."""
+    never read (a right-padded row's real tokens cannot attend to what follows them). Group
+    numbers go on from one rollout to the next."""
     width = max(r.batch["input_ids"].shape[1] for r in rollouts)
-    keys = [k for k in rollouts[0].batch if k != "logp_index"]
+    keys = [k for k in rollouts[0].batch if k not in ("logp_index", "group_index")]
     batch = {k: torch.cat([torch.nn.functional.pad(r.batch[k], (0, width - r.batch[k].shape[1])) for r in rollouts]) for k in keys}
     batch["logp_index"] = completion_index(batch["completion_mask"])
+    if all("group_index" in r.batch for r in rollouts):
+        offsets = itertools.accumulate([int(r.batch["group_index"].max()) + 1 for r in rollouts[:-1]], initial=0)
+        batch["group_index"] = torch.cat([r.batch["group_index"] + offset for r, offset in zip(rollouts, offsets)])
     return Rollout(batch, [c for r in rollouts for c in r.completions],
                    torch.cat([r.finished for r in rollouts]), torch.cat([r.lengths for r in rollouts]))
 

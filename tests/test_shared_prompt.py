@@ -1,12 +1,15 @@
-"""A preference pair as one row (the prompt once) gives the usual layout's log-probs and gradients."""
+"""A preference pair, or a prompt's group of samples, as one row (the prompt once) gives the
+usual layout's log-probs and gradients."""
 
 import pytest
 import torch
 
 from lightning_rlhf import create_algorithm
 from lightning_rlhf.data.collate import PreferenceCollator
-from lightning_rlhf.data.shared_prompt import attention_mask, shared_prompt_layout
+from lightning_rlhf.data.collate import pad_sequences
+from lightning_rlhf.data.shared_prompt import attention_mask, group_layout, shared_prompt_layout
 from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.ops import completion_index
 from lightning_rlhf.modules.policy import PolicyModule
 
 ROWS = [
@@ -83,3 +86,102 @@ def test_dpo_fit_trains_the_same_with_a_shared_prompt(tmp_path):
         losses[share] = seen
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
     assert losses[True][0] != pytest.approx(losses[True][-1], abs=1e-3)
+
+
+def group_batch(sequences, groups, scored=None):
+    """The usual right-padded layout of ``(prompt, completion)`` rows with their group numbers;
+    rows not ``scored`` keep their tokens and lose their completion mask (left out of a loss)."""
+    batch = pad_sequences(sequences, 0)
+    batch["group_index"] = torch.tensor(groups)
+    if scored is not None:
+        batch["completion_mask"] = batch["completion_mask"] * torch.tensor(scored)[:, None]
+        batch["logp_index"] = completion_index(batch["completion_mask"])
+    return batch
+
+
+def test_group_layout_by_hand():
+    batch = group_batch([([5, 6, 7], [8, 9]), ([5, 6, 7], [10, 11, 12]), ([14], [15]), ([14], [16, 17])],
+                        [0, 0, 1, 1], scored=[1, 1, 1, 0])
+    out = group_layout(batch)
+    assert out["shared_prompt_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12], [14, 15, 0, 0, 0, 0, 0, 0]]
+    assert out["shared_prompt_positions"].tolist() == [[0, 1, 2, 3, 4, 3, 4, 5], [0, 1, 0, 0, 0, 0, 0, 0]]
+    assert out["shared_prompt_segments"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2], [0, 1, -1, -1, -1, -1, -1, -1]]
+    # row 0's 8, 9 are predicted at packed 2, 3; row 1's 10 at 2 (the prompt's end), 11, 12 at 5, 6;
+    # row 2's 15 at the second packed row's 0 (8 + 0); row 3 is left out: nothing to predict
+    assert out["shared_prompt_index"].tolist() == [2, 3, 2, 5, 6, 8]
+
+
+def test_group_layout_declines_where_nothing_is_shared_or_prompts_differ():
+    assert group_layout(group_batch([([5], [6]), ([7], [8])], [0, 1])) is None  # groups of one
+    assert group_layout(group_batch([([5, 6], [7]), ([5, 9], [7])], [0, 0])) is None  # not one prompt
+    assert group_layout(pad_sequences([([5], [6]), ([5], [7])], 0)) is None  # no group_index
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("temperature, entropy", [(1.0, False), (0.7, True)])
+def test_group_layout_gives_the_usual_logps_entropy_and_gradients(attention, temperature, entropy):
+    module = PolicyModule(ModelSettings("builtin:tiny-llama", attn_implementation=attention), create_algorithm("dpo"))
+    module.configure_model()
+    prompts = [[5, 6, 7], [14], [21, 22, 23, 24]]
+    completions = [[8, 9], [10, 11, 12, 13], [30], [15, 16, 17], [18], [19, 20], [25, 26, 27, 28, 29], [31, 32]]
+    groups = [0, 0, 0, 1, 1, 1, 2, 2]
+    usual = group_batch([(prompts[g], c) for g, c in zip(groups, completions)], groups, scored=[1, 1, 1, 1, 0, 1, 1, 1])
+    shared = {**usual, **group_layout(usual)}
+    assert shared["shared_prompt_ids"].numel() < usual["input_ids"].numel()
+    weights = torch.randn(usual["input_ids"].shape[0], usual["input_ids"].shape[1] - 1)
+    results = []
+    for batch in (usual, shared):
+        module.policy.zero_grad()
+        logps = module._logps(module.policy, batch, temperature, entropy)
+        value = (logps.token_logps * weights).sum() + (logps.entropy.sum() if entropy else 0)
+        value.backward()
+        grads = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None])
+        results.append((logps.token_logps.detach(), logps.entropy, grads))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    if entropy:
+        torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][2], results[0][2], atol=1e-5, rtol=1e-4)
+    assert torch.all(results[1][0][~usual["completion_mask"][:, 1:].bool()] == 0)
+
+
+@pytest.mark.parametrize("name, settings", [("grpo", {"beta": 0.1, "num_iterations": 2}), ("rloo", {})])
+def test_online_share_prompt_trains_as_the_usual_layout(tmp_path, name, settings, one_thread):
+    """The same steps, losses and weights with and without ``online.share_prompt``, through
+    fit: micro-batches of whole groups, the rollout's scoring forwards in pieces."""
+    import lightning as L
+
+    from lightning_rlhf.data import PromptDataModule
+    from lightning_rlhf.modules.online import OnlineSettings
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+    from lightning_rlhf.modules.optim import OptimizerSettings
+    from lightning_rlhf.rewards import FunctionReward
+    from tests.online_learning import write_prompts
+
+    with pytest.raises(ValueError, match="share_prompt"):
+        OnlineSettings(share_prompt=True, group_by_length=True)
+    losses, weights = {}, {}
+    for share in (False, True):
+        L.seed_everything(0)
+        algorithm = create_algorithm(name, num_generations=4, max_new_tokens=6, **settings)
+        module = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), algorithm,
+                                    reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
+                                    optimizer=OptimizerSettings(learning_rate=1e-2, schedule="constant"),
+                                    online=OnlineSettings(sample_table_every_n_steps=0, micro_batch_size=8,
+                                                          rollout_batch_size=6, share_prompt=share))
+        data = PromptDataModule(path=str(write_prompts(tmp_path, count=8)), batch_size=4, max_length=32)
+        seen = []
+
+        class Losses(L.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                seen.append(float(trainer.callback_metrics["train/loss"]))
+
+        trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            callbacks=[Losses()])
+        trainer.fit(module, data)
+        losses[share], weights[share] = seen, torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    # Adam moves a weight by about the learning rate (1e-2) a step whatever its gradient's
+    # size, so rounding in a near-zero gradient shows up to a few 1e-5 after 4 steps; a wrong
+    # layout moves weights by whole steps
+    torch.testing.assert_close(weights[True], weights[False], atol=3e-4, rtol=1e-4)

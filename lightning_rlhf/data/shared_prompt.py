@@ -1,4 +1,7 @@
-"""A preference pair in one row: the prompt once, then the chosen and the rejected completion.
+"""A prompt's completions in one row: the prompt once, then each completion.
+
+A preference pair is the case of two: the prompt once, then the chosen and the rejected
+completion.
 
 The usual layout runs ``prompt + chosen`` and ``prompt + rejected`` as two rows, so the
 model computes every prompt twice, and pads the shorter completion to the longer. Here
@@ -24,12 +27,21 @@ stays the contract for everything else (plugins, the reference cache, token coun
   predicts it. In the usual layout position ``t`` of pair ``b`` predicts token ``t+1``;
   here that hidden state sits at ``t`` for chosen rows and for rejected rows' prompt
   positions (``t < P``), and at ``t + C`` for rejected positions after the prompt.
+
+Group-based RL samples G completions of each prompt, and :func:`group_layout` lays a
+rollout out the same way, one row per group with segments 1..G, from the usual layout's
+tensors and ``group_index`` (``online.share_prompt``): a group costs ``P + sum C_g``
+tokens instead of ``G (P + max C_g)``. Attention then spans the whole row, so it pays
+where the prompt or the padding it saves outweighs attending over ``G`` completions at
+once: short completions, long prompts, many samples.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from lightning_rlhf.ops import completion_index
 
 PREFIX = "shared_prompt_"
 
@@ -58,6 +70,72 @@ def shared_prompt_layout(rows: list[dict], pad_token_id: int, pad_to_multiple_of
         PREFIX + "positions": positions,
         PREFIX + "segments": segments,
         PREFIX + "index": torch.tensor(chosen_index + rejected_index, dtype=torch.long),
+    }
+
+
+def group_layout(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The one-row-per-group tensors for a right-padded batch (``input_ids``,
+    ``attention_mask``, ``completion_mask`` ``[N, T]``) whose consecutive rows of equal
+    ``group_index`` ``[N]`` are completions of one prompt; None when no two rows share one
+    (nothing to save) or a group's rows differ before their completions start.
+
+    A row's prompt ends where its ``completion_mask`` starts; a row with no completion
+    token left (a plugin may leave a sample out of the loss) needs no hidden state and is
+    left out of the packed row. Reads the lengths on the host: a piece is laid out as it is
+    cut, before its forward, not inside it.
+    """
+    group_index = batch.get("group_index")
+    if group_index is None or group_index.shape[0] < 2:
+        return None
+    input_ids, completion_mask = batch["input_ids"].cpu(), batch["completion_mask"].cpu().bool()
+    ends, groups = batch["attention_mask"].cpu().sum(-1).tolist(), group_index.cpu().tolist()
+    starts = completion_mask.int().argmax(-1).tolist()  # where each row's completion begins
+    scored = completion_mask.any(-1).tolist()
+    packed = []  # per packed row: (prompt ids, [(usual row, prompt length, segment offset)], ids)
+    n = len(groups)
+    first = 0
+    while first < n:
+        last = first
+        while last + 1 < n and groups[last + 1] == groups[first]:
+            last += 1
+        members = [i for i in range(first, last + 1) if scored[i]]
+        first = last + 1
+        if not members:
+            continue
+        p = starts[members[0]]
+        prompt = input_ids[members[0], :p]
+        if any(starts[i] != p or not torch.equal(input_ids[i, :p], prompt) for i in members[1:]):
+            return None
+        ids, placed = prompt.tolist(), []
+        for i in members:
+            placed.append((i, len(ids)))
+            ids += input_ids[i, p : ends[i]].tolist()
+        packed.append((p, placed, ids))
+    if not packed or all(len(placed) < 2 for _, placed, _ in packed):
+        return None
+    width = max(len(ids) for _, _, ids in packed)
+    out_ids = torch.zeros((len(packed), width), dtype=torch.long)
+    positions = torch.zeros((len(packed), width), dtype=torch.long)
+    segments = torch.full((len(packed), width), -1, dtype=torch.long)
+    # hidden[i, t]: the flat index of the packed hidden state that predicts row i's token t+1
+    hidden = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.long)
+    steps = torch.arange(input_ids.shape[1] - 1)
+    for b, (p, placed, ids) in enumerate(packed):
+        out_ids[b, : len(ids)] = torch.tensor(ids)
+        positions[b, :p], segments[b, :p] = torch.arange(p), 0
+        for segment, (i, offset) in enumerate(placed, start=1):
+            length = ends[i] - p
+            positions[b, offset : offset + length] = torch.arange(p, p + length)
+            segments[b, offset : offset + length] = segment
+            hidden[i] = b * width + torch.where(steps < p, steps, offset + steps - p)
+    index = batch.get("logp_index")
+    index = completion_index(completion_mask) if index is None else index.cpu()
+    device = batch["input_ids"].device
+    return {
+        PREFIX + "ids": out_ids.to(device),
+        PREFIX + "positions": positions.to(device),
+        PREFIX + "segments": segments.to(device),
+        PREFIX + "index": hidden.reshape(-1).index_select(0, index).to(device),
     }
 
 

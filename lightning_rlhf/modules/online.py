@@ -36,6 +36,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor
 
 from lightning_rlhf.algorithm import Experience, SequenceLogps, trim_padding
+from lightning_rlhf.data import shared_prompt
 from lightning_rlhf.generation import ENGINES, make_engine
 from lightning_rlhf.models.critic import CriticSettings, ValueHead, head_values, load_value_model, value_model_values
 from lightning_rlhf.models.config import ModelSettings
@@ -61,6 +62,12 @@ class OnlineSettings:
     """cut a minibatch into micro-batches of rows of like length (each trimmed of its own
     padding) where the plugin's loss allows (``rows_apart_in_loss``); the same gradient up
     to rounding, less padding computed"""
+    share_prompt: bool = False
+    """run a prompt's samples as one row, the prompt once and each sample seeing only the
+    prompt and itself (``data.shared_prompt.group_layout``), in every log-prob forward of
+    the policy and the reference; the same log-probs, fewer tokens for attention over a
+    longer row: pays for short completions, long prompts, many samples. Micro-batches then
+    end where groups end"""
     rollout_batch_size: int | None = None
     """rows per forward without grad during a rollout (the policy's, the reference's and the
     critic's log-probs and values, each piece trimmed of its own padding); None:
@@ -75,6 +82,9 @@ class OnlineSettings:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"online.engine must be one of {sorted(ENGINES)}, got {self.engine!r}")
+        if self.share_prompt and self.group_by_length:
+            raise ValueError("online.share_prompt keeps a prompt's samples in one micro-batch and online.group_by_length "
+                             "sorts them apart by length: set one of them")
         for name in ("micro_batch_size", "rollout_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"online.{name} must be positive, got {getattr(self, name)}")
@@ -279,6 +289,8 @@ class OnlineMixin:
         ``online.rollout_rows`` rows: the whole rollout in one forward is the peak of a
         rollout's memory on a real checkpoint. With grad the loop's micro-batches bound it."""
         size = self.online_settings.rollout_rows if not torch.is_grad_enabled() else None
+        if self.online_settings.share_prompt:
+            return in_row_pieces(lambda piece: forward(with_group_layout(piece)), batch, size)
         return in_row_pieces(forward, batch, size)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -421,6 +433,16 @@ def in_row_pieces(forward: Callable[[dict[str, Tensor]], RowResult], batch: dict
         return forward(batch)
     parts = [forward(_row_piece(batch, start, min(start + size, n))) for start in range(0, n, size)]
     return _stitch_results(parts, batch)
+
+
+def with_group_layout(piece: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``piece`` with its one-row-per-group layout added (``data.shared_prompt``), where its
+    rows share prompts. A separate value model reads the usual rows beside it; a value head
+    on the policy's backbone needs a hidden state per position and refuses it."""
+    if shared_prompt.PREFIX + "ids" in piece:
+        return piece
+    layout = shared_prompt.group_layout(piece)
+    return piece if layout is None else {**piece, **layout}
 
 
 def _stitch_results(parts: list[RowResult], batch: dict[str, Tensor]) -> RowResult:

@@ -245,8 +245,8 @@ class PolicyModuleBase(HandOver, L.LightningModule):
         # Models that scale their logits in forward (Cohere, Granite) sample from the scaled
         # ones; scaling by s is dividing by a temperature of 1/s (neither has a softcap).
         temperature = temperature / logit_multiplier(hf_model.config)
-        shared = shared_prompt.model_inputs(hf_model, batch) if temperature == 1.0 and not entropy else None
-        if shared is not None:  # each pair in one row, the prompt once (data.shared_prompt)
+        shared = shared_prompt.model_inputs(hf_model, batch)
+        if shared is not None:  # a prompt's completions in one row, the prompt once (data.shared_prompt)
             hidden = decoder(**shared, use_cache=False).last_hidden_state
         else:
             # Every batch here is right-padded (data.collate), so causal attention never lets a
@@ -260,10 +260,12 @@ class PolicyModuleBase(HandOver, L.LightningModule):
             index = completion_index(batch["completion_mask"])
         softcap = getattr(hf_model.config, "final_logit_softcapping", None)
         mask = batch["completion_mask"][:, 1:]
+        hidden_index = batch[shared_prompt.PREFIX + "index"] if shared is not None else None
         if temperature != 1.0 or entropy:
             token_logps, token_entropy = selective_logps_entropy(
                 hidden, batch["input_ids"], index, hf_model.get_output_embeddings(),
                 chunk_size=self.logps_chunk_size, logit_softcap=softcap, temperature=temperature,
+                hidden_index=hidden_index,
             )
             return SequenceLogps(token_logps, mask, token_entropy if entropy else None)
         token_logps = selective_logps(
@@ -273,7 +275,7 @@ class PolicyModuleBase(HandOver, L.LightningModule):
             hf_model.get_output_embeddings(),
             chunk_size=self.logps_chunk_size,
             logit_softcap=softcap,
-            hidden_index=batch[shared_prompt.PREFIX + "index"] if shared is not None else None,
+            hidden_index=hidden_index,
         )
         return SequenceLogps(token_logps, mask)
 
