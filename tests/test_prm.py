@@ -436,6 +436,107 @@ def test_an_implicit_prm_trains_exports_and_scores_steps(tmp_path):
     assert reward_spec(recapped)["init_args"]["max_token_log_ratio"] == 0.0  # checkpoints keep it
 
 
+def _lora_implicit_module(load_in_4bit=False):
+    from lightning_rlhf.models.config import LoraSettings, ModelSettings
+    from lightning_rlhf.modules.implicit_prm_module import ImplicitPRMModule
+
+    torch.manual_seed(0)
+    settings = ModelSettings(name_or_path="builtin:tiny-llama", lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                             load_in_4bit=load_in_4bit, bnb_4bit_compute_dtype="float32")
+    module = ImplicitPRMModule(settings, create_algorithm("prm"), beta=0.5)
+    module.configure_model()
+    return module
+
+
+def _step_batch(tokenizer):
+    from lightning_rlhf.data.collate import pad_sequences
+    from lightning_rlhf.data.stepwise import step_token_spans
+
+    spans = [step_token_spans(tokenizer, "Q?", ["a1", "b2"], "\n", 64), step_token_spans(tokenizer, "What?", ["c"], "\n", 64)]
+    batch = pad_sequences([([], ids) for ids, _, _ in spans], tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    starts = torch.tensor([row * width + p for row, (_, s, _) in enumerate(spans) for p in s])
+    ends = torch.tensor([row * width + p for row, (_, _, e) in enumerate(spans) for p in e])
+    return batch, starts, ends
+
+
+def test_a_lora_implicit_prm_holds_the_base_once_and_scores_against_it(tiny_tokenizer, one_thread):
+    """With LoRA the reference is the policy with its adapters off: no second model. At the
+    start (LoRA's B = 0) every step scores the bias; once the adapters move, a step's score
+    is beta times its log-ratio to the untouched base (computed here from a fresh copy of
+    the base) plus the bias, and the loss's gradient reaches only the adapters and the bias."""
+    from transformers import AutoModelForCausalLM
+
+    from lightning_rlhf.models import builtin
+
+    module = _lora_implicit_module()
+    scorer = module.reward_model
+    assert scorer.reference is None
+    batch, starts, ends = _step_batch(tiny_tokenizer)
+    at_start = scorer(batch["input_ids"], batch["attention_mask"], starts, ends)
+    torch.testing.assert_close(at_start, scorer.bias.detach().expand(3), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        for name, parameter in scorer.policy.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    scores = scorer(batch["input_ids"], batch["attention_mask"], starts, ends)
+    base = AutoModelForCausalLM.from_pretrained(builtin.resolve("builtin:tiny-llama")).eval()
+
+    def token_logps(model):
+        logps = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+        picked = logps[:, :-1].gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        return torch.cat([torch.zeros(picked.shape[0], 1), picked], dim=1).reshape(-1)
+
+    with torch.no_grad():
+        ratio = token_logps(scorer.policy) - token_logps(base)
+    expected = torch.stack([0.5 * ratio[a : b + 1].sum() for a, b in zip(starts.tolist(), ends.tolist())]) + scorer.bias.detach()
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    assert (scores - scorer.bias).abs().min() > 1e-4  # the adapters moved the ratio off 0
+    torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.tensor([1.0, 0.0, 1.0])).backward()
+    trained = {name for name, p in scorer.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "bias" in trained and trained - {"bias"} and all("lora_" in name for name in trained - {"bias"})
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True])
+def test_a_lora_implicit_prm_exports_merged_or_as_an_adapter_and_scores_the_same(tmp_path, tiny_tokenizer, one_thread,
+                                                                                 load_in_4bit):
+    """Merged: two causal LMs (pi_theta with the adapters folded in, the base as pi_ref);
+    unmerged, and always over a 4-bit base: the adapter alone over its base, which is
+    pi_ref (loaded in 4 bits again when trained so). A step source scores from either as
+    the module's scorer did."""
+    import json as json_module
+
+    from lightning_rlhf.rewards import StepRewardSource
+
+    module = _lora_implicit_module(load_in_4bit)
+    with torch.no_grad():
+        for name, parameter in module.reward_model.policy.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        module.reward_model.bias.fill_(0.3)
+    module.reward_model.eval()
+    prompts, completions = ["What is 4+7+2?", "What is 5+1+3?"], [" 4+7=11. 11+2=13. Answer: 13", " 5+1=6. Answer: 6"]
+    exports = {}
+    for merged in (True, False):
+        directory = module.save_pretrained(tmp_path / f"merged-{merged}", merged=merged)
+        config = json_module.loads((directory / "implicit_prm.json").read_text())
+        as_adapter = (directory / "adapter_config.json").is_file()
+        assert as_adapter == (load_in_4bit or not merged)
+        assert (directory / "reference").is_dir() == (not as_adapter)
+        assert ("quantization_config" in config) == (load_in_4bit and as_adapter)
+        exports[merged] = StepRewardSource(str(directory), step_separator=".", dtype="float32")
+        assert (exports[merged].model.reference is None) == as_adapter
+        quantised = any(type(m).__name__ == "Linear4bit" for m in exports[merged].model.policy.modules())
+        assert quantised == (load_in_4bit and as_adapter)
+    in_memory = StepRewardSource.__new__(StepRewardSource)
+    in_memory.__dict__.update(exports[False].__dict__, model=module.reward_model)
+    expected = in_memory.step_scores(prompts, completions)
+    assert len({round(p, 5) for row in expected for p in row}) > 1
+    for source in exports.values():
+        for row, expected_row in zip(source.step_scores(prompts, completions), expected):
+            assert row == pytest.approx(expected_row, abs=2e-4 if load_in_4bit else 1e-5)
+
+
 def test_the_prm_table_joins_seeds_run_apart(tmp_path, monkeypatch):
     """``--merge``: two prm.json files of one seed each make the table of both seeds, as
     one run of both would (mean of 0.80 and 0.90 is 0.85)."""

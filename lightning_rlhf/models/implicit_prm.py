@@ -17,13 +17,18 @@ to make there. The LM already makes it one token earlier: at ``=`` it predicts t
 so ``log pi(17 | ...11+5=)`` already says whether 17 is the sum, and training only has to
 sharpen that prediction. The same holds for any LM judged on steps it could have written.
 
-The model is ``AutoModelForCausalLM`` twice (``transformers`` loads both): the export
-directory holds pi_theta, ``reference/`` holds pi_ref, and ``implicit_prm.json`` beta and
-the bias.
+Exported two ways. Full (a model trained in full, or LoRA merged): ``AutoModelForCausalLM``
+twice (``transformers`` loads both), the export directory holds pi_theta, ``reference/``
+holds pi_ref, and ``implicit_prm.json`` beta and the bias. Adapter (LoRA unmerged, and
+always for a 4-bit base, whose LoRA cannot be merged): the directory is a peft adapter
+over the base its ``adapter_config.json`` names, and pi_ref is that base with the adapter
+switched off, loaded in 4 bits again when it was trained so (``implicit_prm.json`` says),
+since the log-ratio was learned against the quantised base.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -31,10 +36,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lightning_rlhf.models.loading import is_peft_model, unwrap
 from lightning_rlhf.ops import completion_index, logit_multiplier, selective_logps
 
 CONFIG_FILE = "implicit_prm.json"
 REFERENCE_DIR = "reference"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's
 
 
 class ImplicitStepScorer(torch.nn.Module):
@@ -45,8 +52,11 @@ class ImplicitStepScorer(torch.nn.Module):
                  bias: float = 0.0, chunk_size: int = 1024, max_token_log_ratio: float | None = None):
         """
         Args:
-            policy: the causal LM trained into the PRM (usually the policy's SFT model)
-            reference: its frozen starting point; None: a frozen copy of ``policy`` as it is now
+            policy: the causal LM trained into the PRM (usually the policy's SFT model), or a
+                peft model (LoRA, possibly over a 4-bit base)
+            reference: its frozen starting point; None: a frozen copy of ``policy`` as it is
+                now, or for a peft ``policy`` the policy itself with its adapters switched
+                off (no second copy of the base)
             beta: scale of the log-likelihood ratio (Yuan et al.'s beta)
             bias: the logit's starting offset (learned)
             chunk_size: positions per chunk of the LM head (``ops.selective_logps``)
@@ -60,20 +70,22 @@ class ImplicitStepScorer(torch.nn.Module):
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         self.policy = policy
-        self.reference = reference if reference is not None else copy.deepcopy(policy)
-        self.reference.requires_grad_(False).eval()
+        if reference is None and is_peft_model(policy):
+            self.reference = None  # pi_ref: the adapters switched off
+        else:
+            self.reference = reference if reference is not None else copy.deepcopy(policy)
+            self.reference.requires_grad_(False).eval()
         self.beta, self.chunk_size, self.max_token_log_ratio = beta, chunk_size, max_token_log_ratio
         self.bias = torch.nn.Parameter(torch.tensor(float(bias)))
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.reference.eval()  # frozen: no dropout, whatever the module's mode
+        if self.reference is not None:
+            self.reference.eval()  # frozen: no dropout, whatever the module's mode
         return self
 
     def token_logps(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[N, T]``: at t, log p(x_t | x_<t) under ``model``; 0 at t = 0 and on padding."""
-        from lightning_rlhf.models.loading import unwrap
-
         hf_model = unwrap(model)
         # Right-padded rows (data.collate): causal attention keeps real tokens from the pads.
         hidden = hf_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
@@ -87,8 +99,8 @@ class ImplicitStepScorer(torch.nn.Module):
     def step_log_ratios(self, input_ids: Tensor, attention_mask: Tensor, start_index: Tensor, end_index: Tensor) -> Tensor:
         """``[S]``: sum over each step's tokens (flat indices ``start_index .. end_index``
         into ``[N * T]``, both included) of log pi_theta - log pi_ref."""
-        with torch.no_grad():
-            reference = self.token_logps(self.reference, input_ids, attention_mask)
+        with torch.no_grad(), self._reference() as reference_model:
+            reference = self.token_logps(reference_model, input_ids, attention_mask)
         ratio = self.token_logps(self.policy, input_ids, attention_mask) - reference
         if self.max_token_log_ratio is not None:
             ratio = ratio.clamp(max=self.max_token_log_ratio)
@@ -97,22 +109,41 @@ class ImplicitStepScorer(torch.nn.Module):
         running = ratio.reshape(-1).cumsum(0)
         return running.index_select(0, end_index) - running.index_select(0, start_index - 1)
 
+    @contextlib.contextmanager
+    def _reference(self):
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, start_index: Tensor, end_index: Tensor) -> Tensor:
         """``[S]`` float32 logits ``z_s = beta * log-ratio of step s + bias``."""
         return self.beta * self.step_log_ratios(input_ids, attention_mask, start_index, end_index) + self.bias
 
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
-        """pi_theta at ``directory``, pi_ref in ``directory/reference``, beta and bias in
-        ``implicit_prm.json``; each LM loads with ``AutoModelForCausalLM.from_pretrained``."""
+    def save_pretrained(self, directory: str | Path, tokenizer=None, merged: bool = True) -> Path:
+        """Beta and bias in ``implicit_prm.json``, and the LMs: pi_theta at ``directory`` and
+        pi_ref in ``directory/reference``, each loading with ``AutoModelForCausalLM``; or,
+        for a peft policy with ``merged=False`` or a 4-bit base, the adapter alone (its
+        base is pi_ref)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(directory, safe_serialization=True)
-        self.reference.save_pretrained(directory / REFERENCE_DIR, safe_serialization=True)
+        config = {"kind": "implicit_prm", "beta": self.beta, "bias": float(self.bias.detach()),
+                  "max_token_log_ratio": self.max_token_log_ratio}
+        if self.reference is not None:
+            self.policy.save_pretrained(directory, safe_serialization=True)
+            self.reference.save_pretrained(directory / REFERENCE_DIR, safe_serialization=True)
+        elif merged and not getattr(unwrap(self.policy), "is_loaded_in_4bit", False):
+            copy.deepcopy(self.policy).merge_and_unload().save_pretrained(directory, safe_serialization=True)
+            copy.deepcopy(self.policy).unload().save_pretrained(directory / REFERENCE_DIR, safe_serialization=True)
+        else:
+            self.policy.save_pretrained(directory, safe_serialization=True)
+            quantization = getattr(unwrap(self.policy).config, "quantization_config", None)
+            if quantization is not None:  # pi_ref is the base as it was quantised in training
+                config["quantization_config"] = quantization if isinstance(quantization, dict) else quantization.to_dict()
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
-        (directory / CONFIG_FILE).write_text(json.dumps({"kind": "implicit_prm", "beta": self.beta,
-                                                         "bias": float(self.bias.detach()),
-                                                         "max_token_log_ratio": self.max_token_log_ratio}, indent=1) + "\n")
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
         return directory
 
     @classmethod
@@ -123,8 +154,18 @@ class ImplicitStepScorer(torch.nn.Module):
 
         directory = Path(directory)
         config = json.loads((directory / CONFIG_FILE).read_text())
-        policy = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-        reference = AutoModelForCausalLM.from_pretrained(directory / REFERENCE_DIR, dtype=dtype)
+        if (directory / ADAPTER_CONFIG).is_file():  # a peft adapter over its base: pi_ref is the base
+            from peft import AutoPeftModelForCausalLM
+
+            kwargs = {}
+            if config.get("quantization_config"):
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(config["quantization_config"])
+            policy, reference = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs), None
+        else:
+            policy = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            reference = AutoModelForCausalLM.from_pretrained(directory / REFERENCE_DIR, dtype=dtype)
         scorer = cls(policy, reference, beta=config["beta"], bias=config["bias"],
                      max_token_log_ratio=config.get("max_token_log_ratio"))
         return scorer.requires_grad_(False).eval()

@@ -15,7 +15,7 @@ from lightning_rlhf.models import builtin
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.models.implicit_prm import ImplicitStepScorer
-from lightning_rlhf.models.loading import _check_exists, from_pretrained_kwargs
+from lightning_rlhf.models.loading import _check_exists, from_pretrained_kwargs, prepare_for_training
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.reward_module import RewardModule
 from lightning_rlhf.modules.settings import from_plain
@@ -23,7 +23,9 @@ from lightning_rlhf.modules.settings import from_plain
 
 class ImplicitPRMModule(RewardModule):
     """Trains an implicit PRM with a step-scoring plugin (``prm``): the reward model is the
-    causal LM ``reward_model`` (trained in full) and a frozen copy of it as the reference.
+    causal LM ``reward_model`` and a frozen copy of it as the reference; with ``lora`` (and
+    ``load_in_4bit``) only the adapters train, and the reference is the same model with them
+    switched off, so the base is held once.
 
     The bias starts at the log-odds that minimise the plugin's loss for a constant score,
     ``log(n_right / (wrong_step_weight * n_wrong))`` over the training steps, so the LM's
@@ -42,14 +44,14 @@ class ImplicitPRMModule(RewardModule):
             disable_dropout: turn dropout off
             export_dir: when fit ends, write the PRM here (``ImplicitStepScorer.save_pretrained``;
                 ``rewards.StepRewardSource`` scores with it)
-            export_merged: kept for RewardModule's signature; the LM is trained in full
+            export_merged: with LoRA, export pi_theta merged beside a copy of the base
+                (two ``AutoModelForCausalLM`` directories); else the adapter alone, whose
+                base is pi_ref (always so over a 4-bit base)
             beta: scale of the log-likelihood ratio (Yuan et al. 2024's beta)
         """
         if not getattr(algorithm, "scores_steps", False):
             raise ValueError(f"an implicit PRM scores steps; algorithm {algorithm.name or type(algorithm).__name__!r} "
                              "does not (use class_path: prm)")
-        if reward_model.lora is not None or reward_model.load_in_4bit:
-            raise ValueError("reward_model: an implicit PRM trains the LM in full here (no lora, no load_in_4bit)")
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         super().__init__(reward_model, algorithm, optimizer, disable_dropout, export_dir, export_merged)
@@ -67,9 +69,7 @@ class ImplicitPRMModule(RewardModule):
         settings = self.reward_model_settings
         source = builtin.resolve(settings.name_or_path)
         _check_exists(settings, source)
-        policy = AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(settings))
-        if settings.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy = prepare_for_training(AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(settings)), settings)
         self.reward_model = ImplicitStepScorer(policy, beta=self.beta, bias=self._prior_log_odds())
         self.reward_model.train()
         if self.disable_dropout:
@@ -96,6 +96,6 @@ class ImplicitPRMModule(RewardModule):
         return self.optimizer_settings.build(self.reward_model.parameters(), int(self.trainer.estimated_stepping_batches))
 
     def save_pretrained(self, directory: str | Path, merged: bool = True) -> Path:
-        """pi_theta, pi_ref (``reference/``) and ``implicit_prm.json``: ``rewards.StepRewardSource``
-        loads the directory."""
-        return self.reward_model.save_pretrained(directory, self.tokenizer)
+        """pi_theta, pi_ref (``reference/``) and ``implicit_prm.json``, or with LoRA unmerged
+        the adapter and ``implicit_prm.json``: ``rewards.StepRewardSource`` loads either."""
+        return self.reward_model.save_pretrained(directory, self.tokenizer, merged=merged)
