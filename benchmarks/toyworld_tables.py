@@ -102,10 +102,14 @@ def rlvr_pipeline(out: str, seeds: list[int], methods: list[str]) -> dict:
         if method in STEP_METHODS:  # GRPO with process supervision: a reward per step
             fit = fit_stage("recipes/grpo/arithmetic.yaml", method, prompts, "--model.init_args.algorithm.init_args.process_rewards=true",
                             f"--model.init_args.reward={json.dumps(STEP_METHODS[method])}")
+        elif method in PPO_STEP_METHODS:  # PPO with dense rewards: each step's score at the token that ends it
+            fit = fit_stage("recipes/ppo/arithmetic.yaml", method, prompts, "--model.init_args.algorithm.init_args.step_rewards=true",
+                            f"--model.init_args.reward={json.dumps(PPO_STEP_METHODS[method])}")
         elif method in ONLINE_PRM_METHODS:  # PRIME: an implicit PRM learns from the outcomes as the policy trains
             fit = fit_stage("recipes/grpo/arithmetic.yaml", method, prompts,
                             "--model.init_args.algorithm.init_args.online_process_rewards=true",
-                            f"--model.init_args.reward={json.dumps(ONLINE_PRM_METHODS[method])}",
+                            f"--model.init_args.algorithm.init_args.process_weight={ONLINE_PRM_METHODS[method]}",
+                            f"--model.init_args.reward={json.dumps(ONLINE_PRM)}",
                             # the PRM's own metrics (loss, outcome accuracy) as it learns, to read afterwards
                             "--trainer.logger=" + json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
                                                               "init_args": {"save_dir": f"{{output_dir}}/seed{{seed}}/{method}"}}))
@@ -126,14 +130,16 @@ STEP_METHODS = {
     "grpo_prm_steps": {"class_path": "lightning_rlhf.rewards.StepRewardSource",
                        "init_args": {"path": "runs/prm-tables/seed{seed}/prm", "step_separator": ".", "batch_size": 256}},
 }
+PPO_STEP_METHODS = {"ppo_verifier_steps": STEP_METHODS["grpo_verifier_steps"]}
 
 # GRPO with PRIME's online implicit PRM (rewards.OnlineImplicitPRM): started from the SFT
 # model, trained on every rollout with the exact-answer reward as its label; no step labels
 EXACT_ANSWER = {"class_path": "lightning_rlhf.rewards.FunctionReward", "init_args": {"function": CHECKABLE["reward"]}}
-ONLINE_PRM_METHODS = {
-    "grpo_prm_online": {"class_path": "lightning_rlhf.rewards.OnlineImplicitPRM",
-                        "init_args": {"outcome": EXACT_ANSWER, "path": "builtin:arithmetic"}},
-}
+ONLINE_PRM = {"class_path": "lightning_rlhf.rewards.OnlineImplicitPRM",
+              "init_args": {"outcome": EXACT_ANSWER, "path": "builtin:arithmetic", "beta": 0.05,
+                            "learning_rate": 2e-4}}  # PRIME's beta; twice the policy's rate, as PRIME
+# method -> process_weight; 0: the same run with the outcome's leave-one-out advantage alone
+ONLINE_PRM_METHODS = {"grpo_prm_online": 1.0, "grpo_prm_online_w0": 0.0}
 
 
 def rlvr_report(paths: list[str], figure: str | None) -> str:
@@ -277,7 +283,7 @@ def main() -> None:
     parser.add_argument("results", nargs="*", help="pooled: the results files to pool; rlvr-report: the rlvr results to join")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument("--methods", nargs="+", default=list(RLVR_METHODS), choices=[*RLVR_METHODS, *STEP_METHODS, *ONLINE_PRM_METHODS],
+    parser.add_argument("--methods", nargs="+", default=list(RLVR_METHODS), choices=[*RLVR_METHODS, *STEP_METHODS, *PPO_STEP_METHODS, *ONLINE_PRM_METHODS],
                         help="rlvr: the methods (grpo_prm_steps reads the PRMs benchmarks/prm_tables.py trains)")
     parser.add_argument("--best-of-n", default="2,4,8,16,32")
     parser.add_argument("--out", default=None, help="default: runs/tables/<table>")

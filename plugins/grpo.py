@@ -53,6 +53,10 @@ class GRPO(OnlineAlgorithm):
     pi_old; a rollout used for exactly one step uses pi_old = pi (no extra forward).
     Minibatches and micro-batches hold whole groups. ``mask_truncated_completions``
     leaves completions cut off without EOS out of the loss.
+
+    Per-token advantages instead of A_i: ``process_rewards`` (a fixed PRM's step rewards,
+    :func:`process_advantages`) or ``online_process_rewards`` (PRIME: an implicit PRM that
+    learns from the outcome on every rollout, :func:`prime_advantages`).
     """
 
     rows_apart_in_loss = True  # advantages come with the rows; the loss divides by the minibatch's counts

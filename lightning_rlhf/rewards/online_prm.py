@@ -58,7 +58,7 @@ class OnlineImplicitPRM(RewardSource):
         self,
         outcome: RewardSource,
         path: str,
-        beta: float = 1.0,
+        beta: float = 0.05,
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         max_grad_norm: float | None = 1.0,
@@ -70,7 +70,8 @@ class OnlineImplicitPRM(RewardSource):
             outcome: the outcome reward, in [0, 1] (a verifier: 1 right, 0 wrong); the PRM's label
             path: the causal LM the PRM starts from, and its frozen reference (the policy's SFT
                 model: ``builtin:arithmetic``, a directory or a hub id); its tokenizer must be the policy's
-            beta: scale of the log-likelihood ratio (PRIME's beta)
+            beta: scale of the log-likelihood ratio (PRIME's beta, 0.05 there); the token process
+                rewards are beta times the log-ratios, the outcome advantage is at most 1
             learning_rate: the PRM's AdamW learning rate (its own optimiser, one step per rollout)
             weight_decay: the PRM's AdamW weight decay
             max_grad_norm: clip the PRM's gradient norm before its step; None: no clipping
