@@ -24,7 +24,6 @@ It samples the same distribution as ``HFEngine`` but not the same tokens for a g
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +33,7 @@ from lightning_rlhf.engine import (
     Sample,
     SamplingSettings,
     batch_starts,
+    cache_argument,
     eos_token_ids,
     left_pad,
     pad_token_id,
@@ -170,14 +170,6 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
     cumulative = probs.double().cumsum(-1)
     uniform = torch.rand((probs.shape[0], 1), dtype=torch.float64, device=probs.device) * cumulative[:, -1:]
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
-
-
-def cache_argument(model) -> str:
-    """The name the model's forward takes its KV cache by: ``cache`` in transformers 5.x
-    (``past_key_values`` deprecated), ``past_key_values`` before. A peft wrapper passes
-    keywords through, so its base model's signature decides."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class PreallocatedLayer(DynamicLayer):

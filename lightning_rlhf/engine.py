@@ -30,6 +30,7 @@ model's config while it generates. What is sampled is then the distribution
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -316,3 +317,11 @@ def to_sample(tokenizer, tokens: list[int], eos_ids: set[int], logps: list[float
             kept = tokens[: position + 1]
             return Sample(tokenizer.decode(kept[:-1], skip_special_tokens=True), kept, True, logps and logps[: position + 1])
     return Sample(tokenizer.decode(tokens, skip_special_tokens=True), list(tokens), False, logps)
+
+
+def cache_argument(model) -> str:
+    """The name the model's forward takes its KV cache by: ``cache`` in transformers 5.x
+    (``past_key_values`` deprecated), ``past_key_values`` before. A peft wrapper passes
+    keywords through, so its base model's signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -7,7 +7,7 @@ import torch
 from lightning_rlhf import create_algorithm
 from lightning_rlhf.data.collate import PreferenceCollator
 from lightning_rlhf.data.collate import pad_sequences
-from lightning_rlhf.data.shared_prompt import attention_mask, group_layout, shared_prompt_layout
+from lightning_rlhf.data.shared_prompt import attention_mask, group_prefix_layout, shared_prompt_layout
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.ops import completion_index
 from lightning_rlhf.modules.policy import PolicyModule
@@ -99,35 +99,37 @@ def group_batch(sequences, groups, scored=None):
     return batch
 
 
-def test_group_layout_by_hand():
+def test_group_prefix_layout_by_hand():
     batch = group_batch([([5, 6, 7], [8, 9]), ([5, 6, 7], [10, 11, 12]), ([14], [15]), ([14], [16, 17])],
                         [0, 0, 1, 1], scored=[1, 1, 1, 0])
-    out = group_layout(batch)
-    assert out["shared_prompt_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12], [14, 15, 0, 0, 0, 0, 0, 0]]
-    assert out["shared_prompt_positions"].tolist() == [[0, 1, 2, 3, 4, 3, 4, 5], [0, 1, 0, 0, 0, 0, 0, 0]]
-    assert out["shared_prompt_segments"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2], [0, 1, -1, -1, -1, -1, -1, -1]]
-    # row 0's 8, 9 are predicted at packed 2, 3; row 1's 10 at 2 (the prompt's end), 11, 12 at 5, 6;
-    # row 2's 15 at the second packed row's 0 (8 + 0); row 3 is left out: nothing to predict
-    assert out["shared_prompt_index"].tolist() == [2, 3, 2, 5, 6, 8]
+    out = {k.removeprefix("shared_prefix_"): v.tolist() for k, v in group_prefix_layout(batch).items()}
+    assert out["prompt_ids"] == [[5, 6, 7], [0, 0, 14]] and out["prompt_mask"] == [[1, 1, 1], [0, 0, 1]]  # left-padded
+    assert out["completion_ids"] == [[8, 9, 0], [10, 11, 12], [15, 0, 0]]  # row 3 is left out: nothing to predict
+    assert out["completion_mask"] == [[1, 1, 0], [1, 1, 1], [1, 0, 0]] and out["prompt_of"] == [0, 0, 1]
+    # hidden states: prompts [2 x 3] then completions [3 x 3]. Row 0's 8 is predicted at its
+    # prompt's last column (2), its 9 at completion 0's first (6 + 0); row 1's 10 at 2, 11 and
+    # 12 at 9 and 10; row 2's 15 at the second prompt's last column (3 + 2)
+    assert out["index"] == [2, 6, 2, 9, 10, 5]
 
 
-def test_group_layout_declines_where_nothing_is_shared_or_prompts_differ():
-    assert group_layout(group_batch([([5], [6]), ([7], [8])], [0, 1])) is None  # groups of one
-    assert group_layout(group_batch([([5, 6], [7]), ([5, 9], [7])], [0, 0])) is None  # not one prompt
-    assert group_layout(pad_sequences([([5], [6]), ([5], [7])], 0)) is None  # no group_index
+def test_group_prefix_layout_declines_where_nothing_is_shared_or_prompts_differ():
+    assert group_prefix_layout(group_batch([([5], [6]), ([7], [8])], [0, 1])) is None  # groups of one
+    assert group_prefix_layout(group_batch([([5, 6], [7]), ([5, 9], [7])], [0, 0])) is None  # not one prompt
+    assert group_prefix_layout(pad_sequences([([5], [6]), ([5], [7])], 0)) is None  # no group_index
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("temperature, entropy", [(1.0, False), (0.7, True)])
-def test_group_layout_gives_the_usual_logps_entropy_and_gradients(attention, temperature, entropy):
+def test_group_prefix_layout_gives_the_usual_logps_entropy_and_gradients(attention, temperature, entropy):
     module = PolicyModule(ModelSettings("builtin:tiny-llama", attn_implementation=attention), create_algorithm("dpo"))
     module.configure_model()
     prompts = [[5, 6, 7], [14], [21, 22, 23, 24]]
     completions = [[8, 9], [10, 11, 12, 13], [30], [15, 16, 17], [18], [19, 20], [25, 26, 27, 28, 29], [31, 32]]
     groups = [0, 0, 0, 1, 1, 1, 2, 2]
     usual = group_batch([(prompts[g], c) for g, c in zip(groups, completions)], groups, scored=[1, 1, 1, 1, 0, 1, 1, 1])
-    shared = {**usual, **group_layout(usual)}
-    assert shared["shared_prompt_ids"].numel() < usual["input_ids"].numel()
+    shared = {**usual, **group_prefix_layout(usual)}
+    computed = shared["shared_prefix_prompt_ids"].numel() + shared["shared_prefix_completion_ids"].numel()
+    assert computed < usual["input_ids"].numel()
     weights = torch.randn(usual["input_ids"].shape[0], usual["input_ids"].shape[1] - 1)
     results = []
     for batch in (usual, shared):
@@ -145,9 +147,15 @@ def test_group_layout_gives_the_usual_logps_entropy_and_gradients(attention, tem
 
 
 @pytest.mark.parametrize("name, settings", [("grpo", {"beta": 0.1, "num_iterations": 2}), ("rloo", {})])
-def test_online_share_prompt_trains_as_the_usual_layout(tmp_path, name, settings, one_thread):
+def test_online_share_prompt_trains_as_the_usual_layout(tmp_path, name, settings, one_thread, monkeypatch):
     """The same steps, losses and weights with and without ``online.share_prompt``, through
     fit: micro-batches of whole groups, the rollout's scoring forwards in pieces."""
+    from lightning_rlhf.data import shared_prompt
+
+    prefix_forwards = []
+    original = shared_prompt.group_prefix_hidden
+    monkeypatch.setattr(shared_prompt, "group_prefix_hidden",
+                        lambda *args: prefix_forwards.append(torch.is_grad_enabled()) or original(*args))
     import lightning as L
 
     from lightning_rlhf.data import PromptDataModule
@@ -180,6 +188,8 @@ def test_online_share_prompt_trains_as_the_usual_layout(tmp_path, name, settings
                             callbacks=[Losses()])
         trainer.fit(module, data)
         losses[share], weights[share] = seen, torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        # with it, the loss's forwards (grad) and the rollout's scoring (no grad) take the prompt once
+        assert (set(prefix_forwards) == {True, False}) if share else not prefix_forwards
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
     # Adam moves a weight by about the learning rate (1e-2) a step whatever its gradient's
     # size, so rounding in a near-zero gradient shows up to a few 1e-5 after 4 steps; a wrong

@@ -28,12 +28,21 @@ stays the contract for everything else (plugins, the reference cache, token coun
   here that hidden state sits at ``t`` for chosen rows and for rejected rows' prompt
   positions (``t < P``), and at ``t + C`` for rejected positions after the prompt.
 
-Group-based RL samples G completions of each prompt, and :func:`group_layout` lays a
-rollout out the same way, one row per group with segments 1..G, from the usual layout's
-tensors and ``group_index`` (``online.share_prompt``): a group costs ``P + sum C_g``
-tokens instead of ``G (P + max C_g)``. Attention then spans the whole row, so it pays
-where the prompt or the padding it saves outweighs attending over ``G`` completions at
-once: short completions, long prompts, many samples.
+Group-based RL samples G completions of each prompt, and :func:`group_prefix_layout` lays a
+rollout out to compute each prompt once (``online.share_prompt``), not as one packed row
+(attention over all G completions at once would cost more than the prompt saves) but as
+a prefix: the prompts run first with a KV cache, and each completion continues from its
+prompt's cache, seeing the prompt and itself, at the positions it has in its own row
+(:func:`group_prefix_hidden`). A group costs ``P + sum C_g`` tokens instead of
+``G (P + max C_g)``, and attention spans what it spans in the usual layout. Its tensors
+(``shared_prefix_*``) sit beside the usual layout's as the pair layout's do:
+
+- ``prompt_ids``, ``prompt_mask`` ``[R, P]``: each group's prompt once, left-padded (so
+  every prompt ends in the last column, where the cache then continues);
+- ``completion_ids``, ``completion_mask`` ``[M, C]``: each completion, right-padded, and
+  ``prompt_of`` ``[M]``: its prompt's row;
+- ``index`` ``[K]``: as ``shared_prompt_index``, into the prompts' hidden states ``[R * P]``
+  followed by the completions' ``[M * C]``.
 """
 
 from __future__ import annotations
@@ -73,16 +82,19 @@ def shared_prompt_layout(rows: list[dict], pad_token_id: int, pad_to_multiple_of
     }
 
 
-def group_layout(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """The one-row-per-group tensors for a right-padded batch (``input_ids``,
-    ``attention_mask``, ``completion_mask`` ``[N, T]``) whose consecutive rows of equal
-    ``group_index`` ``[N]`` are completions of one prompt; None when no two rows share one
-    (nothing to save) or a group's rows differ before their completions start.
+GROUP = "shared_prefix_"
+
+
+def group_prefix_layout(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The prompt-once tensors for a right-padded batch (``input_ids``, ``attention_mask``,
+    ``completion_mask`` ``[N, T]``) whose consecutive rows of equal ``group_index`` ``[N]``
+    are completions of one prompt; None when no two rows share one (nothing to save) or a
+    group's rows differ before their completions start.
 
     A row's prompt ends where its ``completion_mask`` starts; a row with no completion
     token left (a plugin may leave a sample out of the loss) needs no hidden state and is
-    left out of the packed row. Reads the lengths on the host: a piece is laid out as it is
-    cut, before its forward, not inside it.
+    left out. Reads the lengths on the host: a piece is laid out as it is cut, before its
+    forward, not inside it.
     """
     group_index = batch.get("group_index")
     if group_index is None or group_index.shape[0] < 2:
@@ -91,9 +103,8 @@ def group_layout(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
     ends, groups = batch["attention_mask"].cpu().sum(-1).tolist(), group_index.cpu().tolist()
     starts = completion_mask.int().argmax(-1).tolist()  # where each row's completion begins
     scored = completion_mask.any(-1).tolist()
-    packed = []  # per packed row: (prompt ids, [(usual row, prompt length, segment offset)], ids)
-    n = len(groups)
-    first = 0
+    runs = []  # per group: (prompt length, [rows])
+    first, n = 0, len(groups)
     while first < n:
         last = first
         while last + 1 < n and groups[last + 1] == groups[first]:
@@ -103,40 +114,63 @@ def group_layout(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
         if not members:
             continue
         p = starts[members[0]]
-        prompt = input_ids[members[0], :p]
-        if any(starts[i] != p or not torch.equal(input_ids[i, :p], prompt) for i in members[1:]):
+        if p == 0 or any(starts[i] != p or not torch.equal(input_ids[i, :p], input_ids[members[0], :p]) for i in members[1:]):
             return None
-        ids, placed = prompt.tolist(), []
-        for i in members:
-            placed.append((i, len(ids)))
-            ids += input_ids[i, p : ends[i]].tolist()
-        packed.append((p, placed, ids))
-    if not packed or all(len(placed) < 2 for _, placed, _ in packed):
+        runs.append((p, members))
+    if not runs or all(len(members) < 2 for _, members in runs):
         return None
-    width = max(len(ids) for _, _, ids in packed)
-    out_ids = torch.zeros((len(packed), width), dtype=torch.long)
-    positions = torch.zeros((len(packed), width), dtype=torch.long)
-    segments = torch.full((len(packed), width), -1, dtype=torch.long)
-    # hidden[i, t]: the flat index of the packed hidden state that predicts row i's token t+1
+    prompt_width = max(p for p, _ in runs)
+    completion_width = max(ends[i] - p for p, members in runs for i in members)
+    rows = sum(len(members) for _, members in runs)
+    prompt_ids = torch.zeros((len(runs), prompt_width), dtype=torch.long)
+    prompt_mask = torch.zeros((len(runs), prompt_width), dtype=torch.long)
+    completion_ids = torch.zeros((rows, completion_width), dtype=torch.long)
+    completion_part = torch.zeros((rows, completion_width), dtype=torch.long)
+    prompt_of = torch.zeros(rows, dtype=torch.long)
+    # hidden[i, t]: the flat index of the hidden state that predicts row i's token t+1
     hidden = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.long)
     steps = torch.arange(input_ids.shape[1] - 1)
-    for b, (p, placed, ids) in enumerate(packed):
-        out_ids[b, : len(ids)] = torch.tensor(ids)
-        positions[b, :p], segments[b, :p] = torch.arange(p), 0
-        for segment, (i, offset) in enumerate(placed, start=1):
+    m = 0
+    for r, (p, members) in enumerate(runs):
+        prompt_ids[r, prompt_width - p :] = input_ids[members[0], :p]
+        prompt_mask[r, prompt_width - p :] = 1
+        for i in members:
             length = ends[i] - p
-            positions[b, offset : offset + length] = torch.arange(p, p + length)
-            segments[b, offset : offset + length] = segment
-            hidden[i] = b * width + torch.where(steps < p, steps, offset + steps - p)
+            completion_ids[m, :length] = input_ids[i, p : ends[i]]
+            completion_part[m, :length] = 1
+            prompt_of[m] = r
+            # the prompt's last token predicts the first completion token; the rest come
+            # from the completion's own row, after all the prompts' states
+            hidden[i] = torch.where(steps < p, r * prompt_width + prompt_width - 1,
+                                    len(runs) * prompt_width + m * completion_width + steps - p)
+            m += 1
     index = batch.get("logp_index")
     index = completion_index(completion_mask) if index is None else index.cpu()
     device = batch["input_ids"].device
-    return {
-        PREFIX + "ids": out_ids.to(device),
-        PREFIX + "positions": positions.to(device),
-        PREFIX + "segments": segments.to(device),
-        PREFIX + "index": hidden.reshape(-1).index_select(0, index).to(device),
-    }
+    layout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+              "completion_mask": completion_part, "prompt_of": prompt_of, "index": hidden.reshape(-1).index_select(0, index)}
+    return {GROUP + key: value.to(device) for key, value in layout.items()}
+
+
+def group_prefix_hidden(decoder, batch: dict[str, Tensor], cache_keyword: str) -> Tensor:
+    """The decoder's last hidden states for a batch's :func:`group_prefix_layout`, flat
+    ``[R * P + M * C, H]`` (``shared_prefix_index`` reads them): the prompts' forward with
+    a KV cache, the cache gathered to one row per completion (a differentiable gather, so
+    the prompts' gradients gather what every completion sends back), then the
+    completions' forward on it, each at the positions it has in its own row."""
+    prompt_mask = batch[GROUP + "prompt_mask"]
+    prompts = decoder(input_ids=batch[GROUP + "prompt_ids"], attention_mask=prompt_mask,
+                      position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    cache = prompts.get("cache", prompts.get("past_key_values"))
+    prompt_of = batch[GROUP + "prompt_of"]
+    cache.batch_select_indices(prompt_of)
+    completion_ids = batch[GROUP + "completion_ids"]
+    positions = prompt_mask.sum(-1).index_select(0, prompt_of)[:, None] + torch.arange(completion_ids.shape[1], device=completion_ids.device)
+    mask = torch.cat([prompt_mask.index_select(0, prompt_of), batch[GROUP + "completion_mask"]], dim=1)
+    completions = decoder(input_ids=completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{cache_keyword: cache})
+    width = prompts.last_hidden_state.shape[-1]
+    return torch.cat([prompts.last_hidden_state.reshape(-1, width), completions.last_hidden_state.reshape(-1, width)])
 
 
 def attention_mask(segments: Tensor, additive_dtype: torch.dtype | None = None) -> Tensor:

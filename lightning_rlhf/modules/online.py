@@ -63,11 +63,10 @@ class OnlineSettings:
     padding) where the plugin's loss allows (``rows_apart_in_loss``); the same gradient up
     to rounding, less padding computed"""
     share_prompt: bool = False
-    """run a prompt's samples as one row, the prompt once and each sample seeing only the
-    prompt and itself (``data.shared_prompt.group_layout``), in every log-prob forward of
-    the policy and the reference; the same log-probs, fewer tokens for attention over a
-    longer row: pays for short completions, long prompts, many samples. Micro-batches then
-    end where groups end"""
+    """compute each prompt once for its samples in every log-prob forward of the policy and
+    the reference: the prompts run with a KV cache and each sample continues from its
+    prompt's (``data.shared_prompt.group_prefix_layout``); the same log-probs for ``G - 1``
+    prompts fewer per group. Micro-batches then end where groups end"""
     rollout_batch_size: int | None = None
     """rows per forward without grad during a rollout (the policy's, the reference's and the
     critic's log-probs and values, each piece trimmed of its own padding); None:
@@ -255,6 +254,7 @@ class OnlineMixin:
         return self.rollout_forward(lambda piece: self._logps_and_head_values(piece, temperature, entropy), batch)
 
     def _logps_and_head_values(self, batch: dict[str, Tensor], temperature: float, entropy: bool) -> tuple[SequenceLogps, Tensor]:
+        batch = {k: v for k, v in batch.items() if not k.startswith(shared_prompt.GROUP)}  # a state per position
         self._captured_hidden = []
         try:
             logps = self._logps(self.policy, batch, temperature, entropy)
@@ -436,12 +436,12 @@ def in_row_pieces(forward: Callable[[dict[str, Tensor]], RowResult], batch: dict
 
 
 def with_group_layout(piece: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``piece`` with its one-row-per-group layout added (``data.shared_prompt``), where its
-    rows share prompts. A separate value model reads the usual rows beside it; a value head
-    on the policy's backbone needs a hidden state per position and refuses it."""
-    if shared_prompt.PREFIX + "ids" in piece:
+    """``piece`` with its prompt-once layout added (``data.shared_prompt``), where its rows
+    share prompts. A separate value model reads the usual rows beside it, and so does the
+    policy when a value head on its backbone needs a hidden state per position."""
+    if shared_prompt.PREFIX + "ids" in piece or shared_prompt.GROUP + "index" in piece:
         return piece
-    layout = shared_prompt.group_layout(piece)
+    layout = shared_prompt.group_prefix_layout(piece)
     return piece if layout is None else {**piece, **layout}
 
 

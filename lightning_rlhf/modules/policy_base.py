@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_rlhf.algorithm import Algorithm, SequenceLogps
 from lightning_rlhf.data import shared_prompt
-from lightning_rlhf.engine import HFEngine, RolloutEngine, SamplingSettings
+from lightning_rlhf.engine import HFEngine, RolloutEngine, SamplingSettings, cache_argument
 from lightning_rlhf.models.config import ModelSettings
 from lightning_rlhf.models.dropout import disable_dropout
 from lightning_rlhf.models.loading import is_peft_model, load_causal_lm, load_tokenizer, unwrap
@@ -246,8 +246,13 @@ class PolicyModuleBase(HandOver, L.LightningModule):
         # ones; scaling by s is dividing by a temperature of 1/s (neither has a softcap).
         temperature = temperature / logit_multiplier(hf_model.config)
         shared = shared_prompt.model_inputs(hf_model, batch)
-        if shared is not None:  # a prompt's completions in one row, the prompt once (data.shared_prompt)
+        hidden_index = None
+        if shared is not None:  # each pair in one row, the prompt once (data.shared_prompt)
             hidden = decoder(**shared, use_cache=False).last_hidden_state
+            hidden_index = batch[shared_prompt.PREFIX + "index"]
+        elif shared_prompt.GROUP + "index" in batch:  # each group's prompt once, its samples from its cache
+            hidden = shared_prompt.group_prefix_hidden(decoder, batch, cache_argument(hf_model))
+            hidden_index = batch[shared_prompt.GROUP + "index"]
         else:
             # Every batch here is right-padded (data.collate), so causal attention never lets a
             # real token see the padding after it, and positions count from 0 either way: the
@@ -260,7 +265,6 @@ class PolicyModuleBase(HandOver, L.LightningModule):
             index = completion_index(batch["completion_mask"])
         softcap = getattr(hf_model.config, "final_logit_softcapping", None)
         mask = batch["completion_mask"][:, 1:]
-        hidden_index = batch[shared_prompt.PREFIX + "index"] if shared is not None else None
         if temperature != 1.0 or entropy:
             token_logps, token_entropy = selective_logps_entropy(
                 hidden, batch["input_ids"], index, hf_model.get_output_embeddings(),
