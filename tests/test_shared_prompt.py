@@ -195,3 +195,20 @@ def test_online_share_prompt_trains_as_the_usual_layout(tmp_path, name, settings
     # size, so rounding in a near-zero gradient shows up to a few 1e-5 after 4 steps; a wrong
     # layout moves weights by whole steps
     torch.testing.assert_close(weights[True], weights[False], atol=3e-4, rtol=1e-4)
+
+
+def test_share_prompt_and_gradient_checkpointing_do_not_mix(tiny_tokenizer):
+    """Under gradient checkpointing transformers' layers drop the prompts' cache: the module
+    refuses the two settings together, and a batch laid out for it anyway is scored as rows."""
+    from lightning_rlhf.modules.online import OnlineSettings
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        OnlinePolicyModule(ModelSettings("builtin:tiny-llama", gradient_checkpointing=True), create_algorithm("grpo"),
+                           online=OnlineSettings(share_prompt=True))
+    module = PolicyModule(ModelSettings("builtin:tiny-llama", gradient_checkpointing=True), create_algorithm("sft"))
+    module.configure_model()
+    module.policy.train()
+    usual = group_batch([([5, 6, 7], [8, 9]), ([5, 6, 7], [10, 11, 12])], [0, 0])
+    shared = {**usual, **group_prefix_layout(usual)}
+    torch.testing.assert_close(module.policy_logps(shared).token_logps, module.policy_logps(usual).token_logps)

@@ -57,6 +57,9 @@ class OnlinePolicyModule(OnlineMixin, PolicyModuleBase):
         self.automatic_optimization = False
         self.critic_settings = critic
         self.online_settings = online
+        if online.share_prompt and self.policy_settings.gradient_checkpointing:
+            raise ValueError("online.share_prompt runs the samples on their prompts' KV cache, which gradient "
+                             "checkpointing drops (transformers' layers refuse a cache under it): turn one of them off")
         self.value_model = None
         self.value_head = None
         self._captured_hidden: list[Tensor] | None = None  # the policy's last hidden states, for a value head

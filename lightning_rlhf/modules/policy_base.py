@@ -250,7 +250,7 @@ class PolicyModuleBase(HandOver, L.LightningModule):
         if shared is not None:  # each pair in one row, the prompt once (data.shared_prompt)
             hidden = decoder(**shared, use_cache=False).last_hidden_state
             hidden_index = batch[shared_prompt.PREFIX + "index"]
-        elif shared_prompt.GROUP + "index" in batch:  # each group's prompt once, its samples from its cache
+        elif shared_prompt.GROUP + "index" in batch and not drops_cache(hf_model):  # each prompt once, its samples on its cache
             hidden = shared_prompt.group_prefix_hidden(decoder, batch, cache_argument(hf_model))
             hidden_index = batch[shared_prompt.GROUP + "index"]
         else:
@@ -383,6 +383,13 @@ class PolicyModuleBase(HandOver, L.LightningModule):
 def algorithm_argument(args: tuple, kwargs: dict) -> Algorithm | None:
     """The ``algorithm`` of a constructor call, before the constructor runs."""
     return kwargs["algorithm"] if "algorithm" in kwargs else args[1] if len(args) > 1 else None
+
+
+def drops_cache(model) -> bool:
+    """transformers' layers drop a KV cache under gradient checkpointing while they train
+    with grad (``GradientCheckpointingLayer``): a forward that continues from a cache must
+    then run another way."""
+    return bool(getattr(model, "is_gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
 
 
 def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merged: bool = True) -> Path:
