@@ -105,6 +105,7 @@ def reward(prompts, completions, answer, **_):
 
 
 def run_ours(spec: dict) -> dict:
+    import lightning_rlhf  # noqa: F401  first, as the command line imports it: its OpenMP setting precedes torch
     import lightning as L
     import torch
 

@@ -11,6 +11,9 @@ Fairness rules every comparison here keeps (and prints):
   runner refuses a comparison in which they differ;
 - one process per run, so peak memory (the process's peak resident set, ``ru_maxrss``)
   is that run's alone; runs alternate A B A B ..., so a change in machine load hits both;
+- each run starts from the environment the benchmark was started with, not the one this
+  process has by then: importing ``lightning_rlhf`` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless
+  it was set), which is lightning-rlhf's default and must not become the other trainer's;
 - throughput is measured between the end of the last warm-up step and the end of the
   last step (optimizer step, data loading and logging included), from callbacks in each
   trainer.
@@ -33,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCHMARK_RESULT "
+# The environment before lightning_rlhf is imported here (the benchmarks import this module first).
+USER_ENVIRONMENT = dict(os.environ) if "lightning_rlhf" not in sys.modules else None
 
 
 # -- the model --------------------------------------------------------------------------
@@ -227,9 +232,12 @@ def worker_command(script: Path, name: str, spec_path: Path) -> list[str]:
 
 
 def run_worker(command: list[str], env: dict | None = None, timeout: float = 900) -> dict:
-    """Run one worker process; its result line, or an error naming the command."""
+    """Run one worker process, in the environment the benchmark started with plus ``env``;
+    its result line, or an error naming the command."""
+    if USER_ENVIRONMENT is None:
+        raise RuntimeError("benchmarks.harness must be imported before lightning_rlhf (it keeps the user's environment)")
     proc = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO, timeout=timeout
+        command, capture_output=True, text=True, env={**USER_ENVIRONMENT, **(env or {})}, cwd=REPO, timeout=timeout
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
@@ -382,6 +390,7 @@ def base_spec(args, work: Path) -> dict:
 
 def run_lightning_rlhf(spec: dict, algorithm, data_class) -> dict:
     """Our side of a comparison: ``algorithm`` trained by PolicyModule on ``data_class`` rows."""
+    import lightning_rlhf  # noqa: F401  first, as the command line imports it: its OpenMP setting precedes torch
     import torch
 
     from lightning_rlhf.models.config import ModelSettings
