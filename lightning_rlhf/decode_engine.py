@@ -34,6 +34,7 @@ from lightning_rlhf.engine import (
     SamplingSettings,
     batch_starts,
     cache_argument,
+    model_cache,
     eos_token_ids,
     left_pad,
     pad_token_id,
@@ -91,7 +92,7 @@ class DecodeEngine:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                             use_cache=True, logits_to_keep=1)
-        cache, logits = output.get("cache", output.get("past_key_values")), output.logits[:, -1].float()
+        cache, logits = model_cache(output), output.logits[:, -1].float()
         preallocate(cache, input_ids.shape[1] + settings.max_new_tokens)
         if n > 1:
             cache.batch_repeat_interleave(n)

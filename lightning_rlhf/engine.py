@@ -325,3 +325,9 @@ def cache_argument(model) -> str:
     keywords through, so its base model's signature decides."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def model_cache(output):
+    """The KV cache a forward returned: ``cache`` in transformers 5.x, ``past_key_values``
+    before (asked for only when the other is missing: reading it warns in 5.x)."""
+    return output["cache"] if "cache" in output else output.get("past_key_values")

@@ -50,6 +50,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_rlhf.engine import model_cache
 from lightning_rlhf.ops import completion_index
 
 PREFIX = "shared_prompt_"
@@ -161,7 +162,7 @@ def group_prefix_hidden(decoder, batch: dict[str, Tensor], cache_keyword: str) -
     prompt_mask = batch[GROUP + "prompt_mask"]
     prompts = decoder(input_ids=batch[GROUP + "prompt_ids"], attention_mask=prompt_mask,
                       position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-    cache = prompts.get("cache", prompts.get("past_key_values"))
+    cache = model_cache(prompts)
     prompt_of = batch[GROUP + "prompt_of"]
     cache.batch_select_indices(prompt_of)
     completion_ids = batch[GROUP + "completion_ids"]

@@ -389,7 +389,10 @@ def drops_cache(model) -> bool:
     """transformers' layers drop a KV cache under gradient checkpointing while they train
     with grad (``GradientCheckpointingLayer``): a forward that continues from a cache must
     then run another way."""
-    return bool(getattr(model, "is_gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # is_gradient_checkpointing before 5.x
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return bool(checkpointing) and model.training and torch.is_grad_enabled()
 
 
 def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merged: bool = True) -> Path:
