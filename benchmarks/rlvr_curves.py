@@ -10,8 +10,8 @@ exact-answer reward (sampling seed s). Writes ``<out>/curves.json`` and ``--figu
 
     python benchmarks/rlvr_curves.py --seeds 0 1 2 --figure docs/figures/rlvr_steps_vs_outcome.png
 
-``--rewards`` runs some of them; ``--merge curves.json`` adds the curves an earlier run
-measured (same seeds) to the table and the figure.
+``--rewards`` runs some of them (none: only ``--merge``); ``--merge A/curves.json ...`` adds
+the curves earlier runs measured (same seeds) to the table and the figure.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=15, help="rollouts between checkpoints")
     parser.add_argument("--out", default="runs/rlvr-curves")
     parser.add_argument("--figure", default=None)
-    parser.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
-    parser.add_argument("--merge", default=None, help="an earlier run's curves.json: its curves join the table and figure")
+    parser.add_argument("--rewards", nargs="*", default=list(REWARDS), choices=list(REWARDS))
+    parser.add_argument("--merge", nargs="+", default=[], help="earlier runs' curves.json: their curves join the table and figure")
     args = parser.parse_args()
 
     from lightning_rlhf.cpu import cpu_capability
@@ -99,10 +99,10 @@ def main() -> None:
                     curves[name].setdefault(0, []).append(sft)
                 curves[name].setdefault(completions, []).append(accuracy)
                 print(f"[seed {seed}] {name}: {completions} completions -> {accuracy:.3f}", flush=True)
-    if args.merge:
-        earlier = json.loads(Path(args.merge).read_text())
+    for path in args.merge:
+        earlier = json.loads(Path(path).read_text())
         if earlier["seeds"] != args.seeds:
-            raise SystemExit(f"--merge {args.merge}: seeds {earlier['seeds']}, this run's {args.seeds}")
+            raise SystemExit(f"--merge {path}: seeds {earlier['seeds']}, this run's {args.seeds}")
         curves = {**{name: {int(n): v for n, v in points.items()} for name, points in earlier["curves"].items()}, **curves}
     names = list(curves)
     summary = {name: {n: mean_interval(values).as_dict() for n, values in points.items()} for name, points in curves.items()}
