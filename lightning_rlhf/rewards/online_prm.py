@@ -105,9 +105,9 @@ class OnlineImplicitPRM(RewardSource):
                              "the policy's sampled tokens, so start it from the policy's model")
 
     def token_log_ratios(self, batch: dict[str, Tensor], reference: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``([N, T-1] log pi_phi - log pi_ref`` of each completion token, aligned with
-        ``policy_logps`` and 0 off the completion, ``[N, T-1]`` reference log-probs``)``;
-        with grad when grad is enabled; ``reference``: the reference log-probs already computed."""
+        """(``[N, T-1]`` log pi_phi - log pi_ref of each completion token, aligned with
+        ``policy_logps``, 0 off the completion; ``[N, T-1]`` log pi_ref), with grad through
+        pi_phi when grad is enabled; ``reference``: log pi_ref already computed for ``batch``."""
         input_ids, attention_mask = batch["input_ids"].to(self._device), batch["attention_mask"].to(self._device)
         mask = batch["completion_mask"][:, 1:].to(self._device)
         if reference is None:
