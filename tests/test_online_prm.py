@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -121,6 +122,10 @@ def test_online_process_rewards_refuses_what_it_cannot_use():
         module.algorithm.rollout(module, make_batch("prompt", module.tokenizer))
     module.reward_source = OnlineImplicitPRM(FunctionReward("tests.test_online_prm.count_e"), "builtin:tiny-llama")
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        module.algorithm.rollout(module, make_batch("prompt", module.tokenizer))
+    module.reward_source = online_prm()
+    module._trainer = SimpleNamespace(world_size=2)  # a data-parallel run: each process would train its own PRM
+    with pytest.raises(RuntimeError, match="not synchronised"):
         module.algorithm.rollout(module, make_batch("prompt", module.tokenizer))
 
 

@@ -231,6 +231,10 @@ class OnlineMixin:
         if not hasattr(source, "update_and_score"):
             raise RuntimeError(f"algorithm {self.algorithm.name!r} trains a process reward model on its rollouts: its reward "
                                f"source must be lightning_rlhf.rewards.OnlineImplicitPRM, got {type(source).__name__}")
+        if self._trainer is not None and self._trainer.world_size > 1:
+            # each process would update its own copy on its own rollouts, and the copies drift apart
+            raise RuntimeError("rewards.OnlineImplicitPRM trains its PRM in one process: it is not synchronised across "
+                               f"the {self._trainer.world_size} processes of a data-parallel run")
         source.check_tokenizer(self.tokenizer)
         rewards, metrics = source.update_and_score(rollout.batch, outcomes)
         return rewards.to(self.device), metrics
