@@ -1,14 +1,13 @@
 """lightning-rlhf: align language models with preferences, on Lightning."""
 
-import os
 
-# PyTorch's OpenMP runtime (libgomp on Linux) makes a waiting thread spin at every barrier. On
-# cores shared with another busy process the spinning thread takes the time the thread it
-# waits for needs: on 2 cores beside one busy loop a DPO epoch took 1.96x its idle time and
-# 1.66x its CPU time, sampling 2.4x; waiting passively, 1.16x and no more CPU, at no measured
-# cost when idle (see README, "CPU runs"). The runtime reads this when torch loads, so it is
-# set first; a value the user exported wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# PyTorch's OpenMP threads spin while they wait at a barrier: fastest when the cores are this
+# process's, slowest beside another busy process. The runtime reads OMP_WAIT_POLICY when torch
+# loads, so it is chosen first, by a look at the machine (lightning_rlhf.wait_policy; a value
+# the user exported wins).
+from lightning_rlhf import wait_policy
+
+wait_policy.apply()
 
 from lightning_rlhf.algorithm import (
     Algorithm,

@@ -94,5 +94,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--second-path"]:
         print(second_kernel_path())
     else:
+        import os
+
+        from lightning_rlhf.wait_policy import CHOSEN
+
         print(f"kernel path {cpu_capability()}; bf16 matrix product {bf16_slowdown():.2f}x the fp32 time; "
-              f"fast precision {fast_precision()}")
+              f"fast precision {fast_precision()}; OpenMP threads wait: {os.environ.get(CHOSEN, 'as torch loaded them')}")

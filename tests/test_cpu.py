@@ -58,14 +58,33 @@ def test_second_kernel_path(monkeypatch):
     assert cpu.second_kernel_path() == "default"
 
 
-def test_importing_the_package_makes_openmp_threads_wait_passively():
-    """Set before torch loads (the OpenMP runtime reads it then); a value the user exported wins."""
+def test_the_wait_policy_is_passive_on_shared_cores_and_the_user_s_wins():
+    from lightning_rlhf.wait_policy import SHARED_CORES, choose
+
+    assert choose({}, 0.0)[0] is None  # alone: libgomp's default, spinning a while
+    assert choose({}, SHARED_CORES)[0] == "PASSIVE"  # another process busy
+    assert choose({}, None)[0] == "PASSIVE"  # no /proc to tell
+    assert choose({"WORLD_SIZE": "2"}, 0.0)[0] == "PASSIVE"  # data-parallel processes share the cores
+    assert choose({"OMP_WAIT_POLICY": "ACTIVE", "WORLD_SIZE": "2"}, 1.0)[0] is None  # the user's, untouched
+
+
+def test_importing_the_package_chooses_the_wait_policy_before_torch_loads():
+    """A busy loop beside this process is seen; the choice is made in the environment
+    before torch loads (the OpenMP runtime reads it then); a value the user exported wins."""
     import os
     import subprocess
     import sys
 
-    code = "import lightning_rlhf, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
+    from lightning_rlhf.wait_policy import other_cpu_use
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert other_cpu_use(0.5) >= 0.5
+    finally:
+        busy.kill()
+    code = "import lightning_rlhf, os, torch; print(os.environ.get('OMP_WAIT_POLICY'), '|', os.environ['LIGHTNING_RLHF_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "LIGHTNING_RLHF_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "WORLD_SIZE": "2"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE | PASSIVE: one of 2 data-parallel processes"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE | OMP_WAIT_POLICY=ACTIVE from the environment"

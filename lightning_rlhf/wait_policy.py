@@ -1,0 +1,78 @@
+"""How PyTorch's OpenMP threads wait at a barrier, chosen before torch loads.
+
+PyTorch's CPU kernels split work over OpenMP threads (libgomp on Linux), which meet at a
+barrier after every operation. Left alone, a waiting thread spins for a while before it
+sleeps: the fastest choice when the cores are this process's, and the slowest when
+another busy process shares them, because the spinning thread takes the core the thread
+it waits for needs. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep at once: fair
+on shared cores, slower alone. On 2 cores, one GRPO step of the checkable world's model
+(``benchmarks/grpo_vs_trl.py``'s worker, README "Speed"): alone, 139-155 completions/s
+passive against 241-266 spinning; beside one busy loop, 151-160 passive against 57-58
+spinning.
+
+So importing ``lightning_rlhf`` looks at the machine for a moment (:data:`SAMPLE_SECONDS`)
+and leaves libgomp's default where the rest of the machine is idle, and sets ``PASSIVE``
+where it is not, or where this process is one of several of a data-parallel run (which
+share the cores by design). A value the user exported wins. The choice does not change
+any number a run computes, only how fast it runs; a machine that becomes busy after the
+choice runs as a busy one does with the default (export ``OMP_WAIT_POLICY=PASSIVE`` for
+long runs on shared machines). Reading ``/proc/stat`` keeps this module free of torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+# How long the machine is watched, and how much of a core other processes may use in that
+# time before the threads wait passively (a core's worth of ticks at 100 Hz is 10 in
+# 0.1 s; half a core stays clear of the counting's one-tick noise).
+SAMPLE_SECONDS = 0.1
+SHARED_CORES = 0.5
+CHOSEN = "LIGHTNING_RLHF_WAIT_POLICY"  # what was chosen and why, for `python -m lightning_rlhf.cpu`
+
+
+def _ticks() -> tuple[int, int, int]:
+    """All CPUs' busy ticks, and this process's own (user + system), from /proc."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    own = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    return sum(fields) - idle, int(own[11]) + int(own[12]), os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu_use(seconds: float = SAMPLE_SECONDS) -> float | None:
+    """Cores' worth of CPU time the rest of the machine used over ``seconds``; None where
+    /proc cannot tell (not Linux)."""
+    try:
+        busy_before, own_before, hz = _ticks()
+        time.sleep(seconds)
+        busy_after, own_after, _ = _ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(busy_after - busy_before - (own_after - own_before), 0) / hz / seconds
+
+
+def choose(environ: Mapping[str, str], other_use: float | None) -> tuple[str | None, str]:
+    """The ``OMP_WAIT_POLICY`` to set (None: leave libgomp's default) and why."""
+    if "OMP_WAIT_POLICY" in environ:
+        return None, f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} from the environment"
+    processes = max(int(environ.get(name, "1") or 1) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    if processes > 1:
+        return "PASSIVE", f"PASSIVE: one of {processes} data-parallel processes"
+    if other_use is None:
+        return "PASSIVE", "PASSIVE: could not read the machine's load"
+    if other_use >= SHARED_CORES:
+        return "PASSIVE", f"PASSIVE: other processes used {other_use:.1f} cores"
+    return None, f"libgomp's default (spin, then sleep): other processes used {other_use:.1f} cores"
+
+
+def apply(environ: dict | None = None) -> None:
+    """Choose and set the wait policy in ``environ`` (``os.environ``) unless one is set."""
+    environ = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" in environ and environ.get(CHOSEN, "").startswith("PASSIVE"):
+        return  # set by this module in a parent process, and inherited: the parent's reason stands
+    policy, reason = choose(environ, None if "OMP_WAIT_POLICY" in environ else other_cpu_use())
+    if policy is not None:
+        environ["OMP_WAIT_POLICY"] = policy
+    environ[CHOSEN] = reason
