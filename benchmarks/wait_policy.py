@@ -1,0 +1,81 @@
+"""How OpenMP's wait policy changes a GRPO step's speed, alone and beside a busy process.
+
+Runs our worker of ``benchmarks/grpo_vs_trl.py`` (the checkable world's model, 16 prompts
+x 8 completions a step) under each wait setting, with torch imported before the package
+so that the package's own choice (``lightning_rlhf.wait_policy``) does not apply: first
+with nothing else running, then beside one ``python -c "while True: pass"``. Settings
+alternate, ``--repeats`` times in each condition; each run prints its completions per
+second and the process's wall time.
+
+Run from the repository root::
+
+    python benchmarks/wait_policy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+SETTINGS = {
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "default": {},
+    "default, GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+    "default, GOMP_SPINCOUNT=100000": {"GOMP_SPINCOUNT": "100000"},
+}
+GRPO = Path(__file__).resolve().parent / "grpo_vs_trl.py"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--conditions", nargs="+", default=["alone", "beside a busy loop"],
+                        choices=["alone", "beside a busy loop"])
+    parser.add_argument("--out", default="runs/wait-policy/results.json")
+    args = parser.parse_args()
+
+    from lightning_rlhf.models.builtin import resolve
+    from lightning_rlhf.toyworld.arithmetic import write_prompts
+
+    work = Path(tempfile.mkdtemp(prefix="bench-wait-"))
+    write_prompts(work / "prompts.jsonl", args.steps * 16, "train", 0)
+    spec = {"algorithm": "grpo", "model_dir": resolve("builtin:arithmetic"), "data_path": str(work / "prompts.jsonl"),
+            "work_dir": str(work), "prompts_per_step": 16, "group": 8, "max_new_tokens": 40, "max_prompt_length": 24,
+            "max_length": 64, "steps": args.steps, "warmup": min(3, args.steps - 1), "learning_rate": 1e-5,
+            "weight_decay": 0.0, "rloo_beta": 0.05, "seed": 0, "engine": "decode", "micro_batch_size": 32,
+            "layout": "share-prompt", "compile": False}
+    (work / "spec.json").write_text(json.dumps(spec))
+    # torch first: the environment given decides how its threads wait, not the package's choice
+    command = [sys.executable, "-c", "import torch, runpy, sys; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')", str(GRPO), "--worker", "ours", "--spec", str(work / "spec.json")]
+    clean = {k: v for k, v in harness.USER_ENVIRONMENT.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    results = {condition: {name: [] for name in args.settings} for condition in args.conditions}
+    for condition in args.conditions:
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition != "alone" else None
+        try:
+            for _ in range(args.repeats):
+                for name in args.settings:
+                    harness.USER_ENVIRONMENT = {**clean, **SETTINGS[name]}
+                    result = harness.run_worker(command)
+                    results[condition][name].append({k: result[k] for k in ("completions_per_second", "process_seconds_to_last_step")})
+                    print(f"  {condition:>18} | {name:<32} {result['completions_per_second']:7.1f} completions/s  "
+                          f"process {result['process_seconds_to_last_step']:6.1f} s", flush=True)
+        finally:
+            if busy is not None:
+                busy.kill()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": harness.machine(), "command": ["python", *sys.argv], "results": results}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
