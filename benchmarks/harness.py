@@ -232,13 +232,12 @@ def worker_command(script: Path, name: str, spec_path: Path) -> list[str]:
 
 
 def run_worker(command: list[str], env: dict | None = None, timeout: float = 900) -> dict:
-    """Run one worker process, in the environment the benchmark started with plus ``env``;
-    its result line, or an error naming the command."""
+    """Run one worker process, in the environment the benchmark started with changed by
+    ``env`` (a None value unsets); its result line, or an error naming the command."""
     if USER_ENVIRONMENT is None:
         raise RuntimeError("benchmarks.harness must be imported before lightning_rlhf (it keeps the user's environment)")
-    proc = subprocess.run(
-        command, capture_output=True, text=True, env={**USER_ENVIRONMENT, **(env or {})}, cwd=REPO, timeout=timeout
-    )
+    environment = {k: v for k, v in {**USER_ENVIRONMENT, **(env or {})}.items() if v is not None}
+    proc = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])

@@ -57,15 +57,13 @@ def main() -> None:
     # torch first: the environment given decides how its threads wait, not the package's choice
     command = [sys.executable, "-c", "import torch, runpy, sys; sys.argv = sys.argv[1:]; "
                "runpy.run_path(sys.argv[0], run_name='__main__')", str(GRPO), "--worker", "ours", "--spec", str(work / "spec.json")]
-    clean = {k: v for k, v in harness.USER_ENVIRONMENT.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     results = {condition: {name: [] for name in args.settings} for condition in args.conditions}
     for condition in args.conditions:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition != "alone" else None
         try:
             for _ in range(args.repeats):
                 for name in args.settings:
-                    harness.USER_ENVIRONMENT = {**clean, **SETTINGS[name]}
-                    result = harness.run_worker(command)
+                    result = harness.run_worker(command, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None, **SETTINGS[name]})
                     results[condition][name].append({k: result[k] for k in ("completions_per_second", "process_seconds_to_last_step")})
                     print(f"  {condition:>18} | {name:<32} {result['completions_per_second']:7.1f} completions/s  "
                           f"process {result['process_seconds_to_last_step']:6.1f} s", flush=True)

@@ -454,20 +454,8 @@ def run_seeds_in_parallel(pipeline: Pipeline, block: list[Stage], print_fn: Call
     print_fn(f"running seeds {', '.join(map(str, seeds))} side by side: {workers} processes, {threads} thread(s) each; "
              f"their logs in {pipeline.output_dir / 'logs'}")
     results = {}
-    # Processes side by side share the cores by design: their OpenMP threads wait passively
-    # (lightning_rlhf.wait_policy), unless the user chose otherwise.
-    shared = {} if "OMP_WAIT_POLICY" in os.environ and not os.environ.get(wait_policy.CHOSEN, "").startswith("PASSIVE") \
-        else {"OMP_WAIT_POLICY": "PASSIVE", wait_policy.CHOSEN: f"PASSIVE: one of {workers} seeds run side by side"}
-    before = {key: os.environ.get(key) for key in shared}
-    os.environ.update(shared)
-    try:
-        pool = context.Pool(workers, initializer=_worker_init, initargs=(lines,))  # the workers start here
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
+    with wait_policy.side_by_side(workers):  # the workers start here, sharing the cores
+        pool = context.Pool(workers, initializer=_worker_init, initargs=(lines,))
     try:
         pending = {seed: pool.apply_async(_run_seed_block, ((pipeline, block, seed, threads),))
                    for seed in seeds}

@@ -21,9 +21,11 @@ long runs on shared machines). Reading ``/proc/stat`` keeps this module free of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 # How long the machine is watched, and how much of a core other processes may use in that
 # time before the threads wait passively (a core's worth of ticks at 100 Hz is 10 in
@@ -35,9 +37,9 @@ CHOSEN = "LIGHTNING_RLHF_WAIT_POLICY"  # what was chosen and why, for `python -m
 
 def _ticks() -> tuple[int, int, int]:
     """All CPUs' busy ticks, and this process's own (user + system), from /proc."""
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     idle = fields[3] + fields[4]  # idle, iowait
-    own = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
     return sum(fields) - idle, int(own[11]) + int(own[12]), os.sysconf("SC_CLK_TCK")
 
 
@@ -76,3 +78,21 @@ def apply(environ: dict | None = None) -> None:
     if policy is not None:
         environ["OMP_WAIT_POLICY"] = policy
     environ[CHOSEN] = reason
+
+
+@contextlib.contextmanager
+def side_by_side(processes: int) -> Iterator[None]:
+    """While processes are started inside it, ``processes`` of them sharing the cores by
+    design: their threads wait passively, unless the user chose a policy."""
+    user_chose = "OMP_WAIT_POLICY" in os.environ and not os.environ.get(CHOSEN, "").startswith("PASSIVE")
+    shared = {} if user_chose else {"OMP_WAIT_POLICY": "PASSIVE", CHOSEN: f"PASSIVE: one of {processes} processes side by side"}
+    before = {key: os.environ.get(key) for key in shared}
+    os.environ.update(shared)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value

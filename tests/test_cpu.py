@@ -88,3 +88,18 @@ def test_importing_the_package_chooses_the_wait_policy_before_torch_loads():
     assert out.stdout.strip() == "PASSIVE | PASSIVE: one of 2 data-parallel processes"
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE | OMP_WAIT_POLICY=ACTIVE from the environment"
+
+
+def test_processes_started_side_by_side_wait_passively_unless_the_user_chose(monkeypatch):
+    import os
+
+    from lightning_rlhf.wait_policy import CHOSEN, side_by_side
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with side_by_side(3):
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "3 processes" in os.environ[CHOSEN]
+    assert "OMP_WAIT_POLICY" not in os.environ  # this process's environment as it was
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv(CHOSEN, "OMP_WAIT_POLICY=ACTIVE from the environment")
+    with side_by_side(3):
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
