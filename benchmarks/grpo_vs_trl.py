@@ -234,12 +234,12 @@ def main() -> None:
     parser.add_argument("--engine", choices=["hf", "decode"], default="decode",
                         help="our rollout engine (online.engine): decode prefills a prompt once for its group and drops "
                         "finished rows; hf calls transformers' generate as TRL does")
-    parser.add_argument("--micro-batch-size", type=int, default=32,
-                        help="ours: rows per forward/backward (gradient accumulation); 0: the whole step's rows at once, "
-                        "as TRL runs them")
+    parser.add_argument("--micro-batch-size", type=int, default=0,
+                        help="ours: rows per forward/backward (gradient accumulation); 0 (default): the whole step's rows "
+                        "at once, as TRL runs them")
     parser.add_argument("--layout", choices=["share-prompt", "by-length", "rows"], default="share-prompt",
-                        help="ours: how the loss's forwards lay rows out: share-prompt (online.share_prompt: a group in "
-                        "one row, its prompt once), by-length (online.group_by_length: micro-batches of rows of like "
+                        help="ours: how the loss's forwards lay rows out: share-prompt (online.share_prompt: each prompt "
+                        "once, its samples continuing from its cache, packed to their real tokens), by-length (online.group_by_length: micro-batches of rows of like "
                         "length), rows (one row per sample, micro-batches in rollout order, as TRL)")
     parser.add_argument("--compile", action="store_true", help="both sides: torch.compile the training forward "
                         "(ours: compile_policy; TRL: torch_compile)")

@@ -9,7 +9,8 @@ log-prob path (a weighted sum of the log-probs, forward and backward) in micro-b
 ``--micro-batch-size`` rows, three ways: ``rows`` (micro-batches in rollout order),
 ``by-length`` (``online.group_by_length``: rows sorted by length first, so little padding)
 and ``share-prompt`` (``online.share_prompt``: micro-batches of whole groups, each prompt
-run once with a KV cache its samples continue from). The ways alternate within one
+run once with a KV cache its samples continue from, packed to their real tokens where the
+model allows). The ways alternate within one
 process, ``--repeats`` times after a warm-up; medians and ranges are printed, with the
 tokens each way computes, padding included. ``--preamble-copies`` lengthens the prompts.
 
@@ -56,6 +57,7 @@ def main() -> None:
     from lightning_rlhf.models.config import ModelSettings
     from lightning_rlhf.modules.online import split_micro_batches, with_group_layout
     from lightning_rlhf.modules.policy import PolicyModule
+    from lightning_rlhf.packed_attention import packs_completions
     from lightning_rlhf.rollout import generate_rollout
     from lightning_rlhf.toyworld.arithmetic import problems
 
@@ -74,7 +76,9 @@ def main() -> None:
         "share-prompt": [with_group_layout(piece) for piece in split_micro_batches(rows, args.micro_batch_size)],
     }
     prefix = shared_prompt.GROUP
-    tokens = {name: sum(piece[prefix + "prompt_ids"].numel() + piece[prefix + "completion_ids"].numel()
+    # the completions' real tokens only, where they run packed (lightning_rlhf.packed_attention)
+    completions = prefix + ("tokens" if packs_completions(module.policy.config) else "completion_ids")
+    tokens = {name: sum(piece[prefix + "prompt_ids"].numel() + piece[completions].numel()
                         if prefix + "index" in piece else piece["input_ids"].numel() for piece in pieces)
               for name, pieces in ways.items()}
     module.policy.train()

@@ -42,7 +42,9 @@ prompt's cache, seeing the prompt and itself, at the positions it has in its own
 - ``completion_ids``, ``completion_mask`` ``[M, C]``: each completion, right-padded, and
   ``prompt_of`` ``[M]``: its prompt's row;
 - ``index`` ``[K]``: as ``shared_prompt_index``, into the prompts' hidden states ``[R * P]``
-  followed by the completions' ``[M * C]``.
+  followed by the completions' ``[M * C]``;
+- ``tokens`` ``[S]``: where the completions' real tokens sit in ``[M * C]``, for models
+  whose completions run as one row of just those (:mod:`lightning_rlhf.packed_attention`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_rlhf import packed_attention
 from lightning_rlhf.engine import model_cache
 from lightning_rlhf.ops import completion_index
 
@@ -149,29 +152,45 @@ def group_prefix_layout(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
     index = completion_index(completion_mask) if index is None else index.cpu()
     device = batch["input_ids"].device
     layout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-              "completion_mask": completion_part, "prompt_of": prompt_of, "index": hidden.reshape(-1).index_select(0, index)}
+              "completion_mask": completion_part, "prompt_of": prompt_of, "index": hidden.reshape(-1).index_select(0, index),
+              "tokens": completion_part.reshape(-1).nonzero().squeeze(1)}
     return {GROUP + key: value.to(device) for key, value in layout.items()}
 
 
-def group_prefix_hidden(decoder, batch: dict[str, Tensor], cache_keyword: str) -> Tensor:
+def group_prefix_hidden(decoder, batch: dict[str, Tensor], cache_keyword: str, config=None) -> tuple[Tensor, Tensor]:
     """The decoder's last hidden states for a batch's :func:`group_prefix_layout`, flat
-    ``[R * P + M * C, H]`` (``shared_prefix_index`` reads them): the prompts' forward with
-    a KV cache, the cache gathered to one row per completion (a differentiable gather, so
-    the prompts' gradients gather what every completion sends back), then the
-    completions' forward on it, each at the positions it has in its own row."""
+    ``[R * P + M * C, H]``, and the index of the one that predicts each completion token
+    (``shared_prefix_index``): the prompts' forward with a KV cache, the cache gathered to
+    one row per completion (a differentiable gather, so the prompts' gradients gather what
+    every completion sends back), then the completions' forward on it, each at the
+    positions it has in its own row. With the model's ``config`` where
+    :func:`~lightning_rlhf.packed_attention.packs_completions` allows, the completions run
+    as one row of their real tokens (``[R * P + S, H]``, and the index moved to match)."""
     prompt_mask = batch[GROUP + "prompt_mask"]
     prompts = decoder(input_ids=batch[GROUP + "prompt_ids"], attention_mask=prompt_mask,
                       position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     cache = model_cache(prompts)
     prompt_of = batch[GROUP + "prompt_of"]
+    completion_ids, completion_mask, index = batch[GROUP + "completion_ids"], batch[GROUP + "completion_mask"], batch[GROUP + "index"]
+    width = prompts.last_hidden_state.shape[-1]
+    prompt_hidden = prompts.last_hidden_state.reshape(-1, width)
+    if config is not None and packed_attention.packs_completions(config):
+        tokens = batch[GROUP + "tokens"]
+        completions = packed_attention.packed_completions_hidden(decoder, config, cache, prompt_mask, prompt_of,
+                                                                 completion_ids, tokens)
+        # an index into the padded completions [M * C] becomes one into the packed tokens [S]
+        packed_position = torch.zeros(completion_ids.numel(), dtype=torch.long, device=tokens.device)
+        packed_position[tokens] = torch.arange(tokens.shape[0], device=tokens.device)
+        prompts_end = prompt_hidden.shape[0]
+        in_completion = index >= prompts_end
+        index = torch.where(in_completion, prompts_end + packed_position[(index - prompts_end).clamp(min=0)], index)
+        return torch.cat([prompt_hidden, completions]), index
     cache.batch_select_indices(prompt_of)
-    completion_ids = batch[GROUP + "completion_ids"]
     positions = prompt_mask.sum(-1).index_select(0, prompt_of)[:, None] + torch.arange(completion_ids.shape[1], device=completion_ids.device)
-    mask = torch.cat([prompt_mask.index_select(0, prompt_of), batch[GROUP + "completion_mask"]], dim=1)
+    mask = torch.cat([prompt_mask.index_select(0, prompt_of), completion_mask], dim=1)
     completions = decoder(input_ids=completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                           **{cache_keyword: cache})
-    width = prompts.last_hidden_state.shape[-1]
-    return torch.cat([prompts.last_hidden_state.reshape(-1, width), completions.last_hidden_state.reshape(-1, width)])
+    return torch.cat([prompt_hidden, completions.last_hidden_state.reshape(-1, width)]), index
 
 
 def attention_mask(segments: Tensor, additive_dtype: torch.dtype | None = None) -> Tensor:

@@ -251,8 +251,10 @@ class PolicyModuleBase(HandOver, L.LightningModule):
             hidden = decoder(**shared, use_cache=False).last_hidden_state
             hidden_index = batch[shared_prompt.PREFIX + "index"]
         elif shared_prompt.GROUP + "index" in batch and not drops_cache(hf_model):  # each prompt once, its samples on its cache
-            hidden = shared_prompt.group_prefix_hidden(decoder, batch, cache_argument(hf_model))
-            hidden_index = batch[shared_prompt.GROUP + "index"]
+            # completions packed to their real tokens where the model allows (not compiled: its
+            # graph would be traced again for every packed length)
+            config = None if self.compile_policy and model is self.policy else hf_model.config
+            hidden, hidden_index = shared_prompt.group_prefix_hidden(decoder, batch, cache_argument(hf_model), config)
         else:
             # Every batch here is right-padded (data.collate), so causal attention never lets a
             # real token see the padding after it, and positions count from 0 either way: the
