@@ -202,13 +202,22 @@ class PreallocatedLayer(DynamicLayer):
         self._views()
         return self.keys, self.values
 
+    # Repeating and selecting rows copy only the filled positions into fresh buffers: right
+    # after the prefill a prompt fills a fifth of the room its completion needs.
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-        self._views()
+        self._rebuild(lambda filled: filled.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self._rebuild(lambda filled: filled.index_select(0, indices))
+
+    def _rebuild(self, rows) -> None:
+        buffers = []
+        for buffer, filled in ((self.key_buffer, self.keys), (self.value_buffer, self.values)):
+            chosen = rows(filled)
+            fresh = buffer.new_empty((chosen.shape[0], *buffer.shape[1:]))
+            fresh[..., : self.length, :] = chosen
+            buffers.append(fresh)
+        self.key_buffer, self.value_buffer = buffers
         self._views()
 
 
