@@ -65,8 +65,9 @@ class OnlineSettings:
     share_prompt: bool = False
     """compute each prompt once for its samples in every log-prob forward of the policy and
     the reference: the prompts run with a KV cache and each sample continues from its
-    prompt's (``data.shared_prompt.group_prefix_layout``); the same log-probs for ``G - 1``
-    prompts fewer per group. Micro-batches then end where groups end"""
+    prompt's (``data.shared_prompt.group_prefix_layout``), packed to their real tokens where
+    the model allows (``packed_attention``); the same log-probs for ``G - 1`` prompts fewer
+    per group and no padding. Micro-batches then end where groups end"""
     rollout_batch_size: int | None = None
     """rows per forward without grad during a rollout (the policy's, the reference's and the
     critic's log-probs and values, each piece trimmed of its own padding); None:
