@@ -93,3 +93,35 @@ def test_a_decoder_that_bypasses_the_packed_attention_is_refused():
             batch[shared_prompt.GROUP + "prompt_of"], batch[shared_prompt.GROUP + "completion_ids"],
             batch[shared_prompt.GROUP + "tokens"])
     assert decoder.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_a_lora_policy_and_its_adapter_free_reference_run_packed_as_padded(four_bit, monkeypatch):
+    """LoRA layers (and a 4-bit base) work token by token too: the policy's log-probs and
+    gradients, and the reference's (adapters off), are the padded layout's."""
+    from lightning_rlhf.models.config import LoraSettings
+
+    torch.manual_seed(0)
+    module = PolicyModule(ModelSettings("builtin:tiny-llama", lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                                        load_in_4bit=four_bit), create_algorithm("dpo"))
+    module.configure_model()
+    for name, parameter in module.policy.named_parameters():
+        if "lora_B" in name:  # B starts at 0: move it so the adapters change the log-probs
+            torch.nn.init.normal_(parameter, std=0.1)
+    batch = laid_out()
+    weights = torch.randn(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    results = []
+    for packs in (False, True):
+        monkeypatch.setattr(packed_attention, "packs_completions", lambda config, packs=packs: packs)
+        module.policy.zero_grad()
+        logps = module._logps(module.policy, batch).token_logps
+        (logps * weights).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None])
+        with torch.no_grad():
+            reference = module._reference_forward(batch, 1.0).token_logps
+        results.append((logps.detach(), grads, reference))
+    (padded, padded_grads, padded_reference), (packed, packed_grads, packed_reference) = results
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_grads, padded_grads, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed_reference, padded_reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(packed, packed_reference)  # the adapters matter, and the reference had them off
