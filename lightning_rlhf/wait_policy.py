@@ -27,10 +27,14 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-# How long the machine is watched, and how much of a core other processes may use in that
-# time before the threads wait passively (a core's worth of ticks at 100 Hz is 10 in
-# 0.1 s; half a core stays clear of the counting's one-tick noise).
-SAMPLE_SECONDS = 0.1
+# How long the machine is watched, in how many looks, and how much of a core other
+# processes may use before the threads wait passively. The least busy look counts: a
+# process that only starts beside this one (a pipe's reader, a shell's command) is busy for
+# a few tens of milliseconds, where a process that shares the cores is busy in every look.
+# A core's worth of ticks at 100 Hz is 5 in a 50 ms look; half a core stays clear of the
+# counting's one-tick noise.
+SAMPLE_SECONDS = 0.15
+LOOKS = 3
 SHARED_CORES = 0.5
 CHOSEN = "LIGHTNING_RLHF_WAIT_POLICY"  # what was chosen and why, for `python -m lightning_rlhf.cpu`
 
@@ -43,16 +47,20 @@ def _ticks() -> tuple[int, int, int]:
     return sum(fields) - idle, int(own[11]) + int(own[12]), os.sysconf("SC_CLK_TCK")
 
 
-def other_cpu_use(seconds: float = SAMPLE_SECONDS) -> float | None:
-    """Cores' worth of CPU time the rest of the machine used over ``seconds``; None where
-    /proc cannot tell (not Linux)."""
+def other_cpu_use(seconds: float = SAMPLE_SECONDS, looks: int = LOOKS) -> float | None:
+    """Cores' worth of CPU time the rest of the machine used in the least busy of ``looks``
+    equal spans of ``seconds``; None where /proc cannot tell (not Linux)."""
+    span = seconds / looks
     try:
-        busy_before, own_before, hz = _ticks()
-        time.sleep(seconds)
-        busy_after, own_after, _ = _ticks()
+        readings = [_ticks()]
+        for _ in range(looks):
+            time.sleep(span)
+            readings.append(_ticks())
     except (OSError, ValueError, IndexError):
         return None
-    return max(busy_after - busy_before - (own_after - own_before), 0) / hz / seconds
+    hz = readings[0][2]
+    return min(max(after[0] - before[0] - (after[1] - before[1]), 0) / hz / span
+               for before, after in zip(readings, readings[1:]))
 
 
 def choose(environ: Mapping[str, str], other_use: float | None) -> tuple[str | None, str]:

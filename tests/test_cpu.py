@@ -68,6 +68,23 @@ def test_the_wait_policy_is_passive_on_shared_cores_and_the_user_s_wins():
     assert choose({"OMP_WAIT_POLICY": "ACTIVE", "WORLD_SIZE": "2"}, 1.0)[0] is None  # the user's, untouched
 
 
+def test_a_process_busy_in_one_look_only_is_not_load(monkeypatch):
+    """The least busy of the looks counts: a process starting beside this one (a burst of
+    a few tens of milliseconds) does not make the threads wait passively for a whole run,
+    one busy in every look does."""
+    from lightning_rlhf import wait_policy
+
+    def machine(other_ticks_per_look):
+        readings = iter([(0, 0, 100)] + [(sum(other_ticks_per_look[: i + 1]), 0, 100) for i in range(3)])
+        monkeypatch.setattr(wait_policy, "_ticks", lambda: next(readings))
+        monkeypatch.setattr(wait_policy.time, "sleep", lambda seconds: None)
+        return wait_policy.other_cpu_use(0.15, looks=3)
+
+    assert machine([5, 1, 0]) == 0.0  # a starting interpreter, then quiet
+    assert machine([5, 5, 4]) == pytest.approx(0.8)  # a busy neighbour in every look
+    assert wait_policy.choose({}, machine([5, 5, 5]))[0] == "PASSIVE"
+
+
 def test_importing_the_package_chooses_the_wait_policy_before_torch_loads():
     """A busy loop beside this process is seen; the choice is made in the environment
     before torch loads (the OpenMP runtime reads it then); a value the user exported wins."""
