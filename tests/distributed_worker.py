@@ -9,8 +9,9 @@ strategy) and writes to the spec's ``out`` directory:
   Lightning divides it by ``accumulate_grad_batches``);
 - ``policy.pt`` (rank 0): the policy's weights when training ends;
 - ``online_rank{r}.json`` (online algorithms): the optimiser steps this process took, the
-  prompts its rollouts drew to refill (DAPO) and the plugin's ``state_dict()`` when it has
-  one (PPO's KL coefficient and score moments).
+  prompts its rollouts drew to refill (DAPO), the log-prob forwards whose samples ran
+  packed (``online.share_prompt``) and the plugin's ``state_dict()`` when it has one (PPO's
+  KL coefficient and score moments).
 
 An online spec (``"reward"`` set) trains on prompt rows against a rule reward; with
 ``"engine": "scripted"`` its completions come from :class:`ScriptedEngine`, so that a
@@ -33,6 +34,7 @@ import torch
 from lightning_rlhf.data import DATA_MODULES
 from lightning_rlhf.engine import Sample, SamplingSettings
 from lightning_rlhf.models.config import ModelSettings
+from lightning_rlhf.modules.online import OnlineSettings
 from lightning_rlhf.modules.optim import OptimizerSettings
 from lightning_rlhf.modules.online_policy import OnlinePolicyModule
 from lightning_rlhf.modules.policy import PolicyModule
@@ -112,17 +114,34 @@ def build_strategy(spec: dict) -> L.pytorch.strategies.Strategy:
     return parser.instantiate(parser.parse_object({"strategy": spec})).strategy
 
 
+PACKED_FORWARDS = [0]  # forwards whose samples ran packed (online.share_prompt)
+
+
+def _count_packed_forwards() -> None:
+    from lightning_rlhf import packed_attention
+
+    original = packed_attention.packed_completions_hidden
+
+    def counted(*args):
+        PACKED_FORWARDS[0] += 1
+        return original(*args)
+
+    packed_attention.packed_completions_hidden = counted
+
+
 def run(spec: dict) -> None:
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     algorithm = create_algorithm_from_spec(spec["algorithm"])
     online = "reward" in spec
+    _count_packed_forwards()
+    settings = {"reward": FunctionReward(spec["reward"]), "online": OnlineSettings(share_prompt=spec.get("share_prompt", False))} if online else {}
     module = (OnlinePolicyModule if online else PolicyModule)(
         policy=ModelSettings(name_or_path="builtin:tiny-llama", gradient_checkpointing=spec.get("gradient_checkpointing", False)),
         algorithm=algorithm,
         optimizer=OptimizerSettings(learning_rate=spec.get("learning_rate", 1e-2), schedule="constant"),
-        reward=FunctionReward(spec["reward"]) if online else None,
+        **settings,
     )
     data = DATA_MODULES[algorithm.data](path=spec["data"], batch_size=spec["batch_size"], max_length=48, seed=3)
     if spec.get("engine") == "scripted":
@@ -147,6 +166,7 @@ def run(spec: dict) -> None:
     trainer.fit(module, datamodule=data)
     if online:
         record = {"optimizer_steps": trainer.global_step, "refill_prompts": recorder.refill_prompts,
+                  "packed_forwards": PACKED_FORWARDS[0],
                   "algorithm_state": algorithm.state_dict() if callable(getattr(algorithm, "state_dict", None)) else None}
         (out / f"online_rank{trainer.global_rank}.json").write_text(json.dumps(record))
     else:

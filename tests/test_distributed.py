@@ -255,6 +255,22 @@ def test_ddp_online_two_processes_match_one(tmp_path, algorithm):
     assert worst < WEIGHT_TOLERANCE, worst
 
 
+def test_ddp_with_each_prompt_once_matches_one_process_in_rows(tmp_path):
+    """``online.share_prompt`` (prompts once, samples packed to their real tokens) under 2
+    processes ends with the weights of 1 process scoring the usual rows."""
+    one = online_spec(tmp_path, "one", ONLINE["dapo"], batch_size=8, engine="scripted")
+    run(one)
+    ddp = online_spec(tmp_path, "ddp", ONLINE["dapo"], batch_size=4, engine="scripted", devices=2, strategy="ddp",
+                      share_prompt=True)
+    launch_ddp(ddp)
+    (one_rank,), expected = online_results(one)
+    ranks, weights = online_results(ddp)
+    assert one_rank["optimizer_steps"] == ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == 4
+    assert one_rank["packed_forwards"] == 0 and ranks[0]["packed_forwards"] > 0 and ranks[1]["packed_forwards"] > 0
+    worst = max((weights[k] - expected[k]).abs().max().item() for k in expected)
+    assert worst < WEIGHT_TOLERANCE, worst
+
+
 def test_ddp_dapo_refill_keeps_processes_in_step(tmp_path):
     """DAPO's refill on real samples from the tiny model: each process draws its own extra
     prompts as its own groups come out flat, and both still take the same optimiser steps
