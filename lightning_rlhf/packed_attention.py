@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 IMPLEMENTATION = "lightning_rlhf_packed_prefix"
@@ -45,7 +43,8 @@ PACKABLE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 def packs_completions(config) -> bool:
     """Whether the model's completions can run packed: a listed model type, SDPA or eager
     attention (the packed path computes what SDPA does), every layer attending to all
-    earlier tokens (no sliding window) and no logit softcapping in attention."""
+    earlier tokens (no sliding window), rotary embeddings that do not rescale with the
+    batch's length, and no logit softcapping in attention."""
     if getattr(config, "model_type", None) not in PACKABLE_MODEL_TYPES:
         return False
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
@@ -53,23 +52,25 @@ def packs_completions(config) -> bool:
     layer_types = getattr(config, "layer_types", None) or []
     if any(kind != "full_attention" for kind in layer_types):
         return False
+    # RoPE that rescales by the longest position in the batch would see the packed row's
+    # longest, not the padded rows' (padding positions included): other frequencies
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        return False
     sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
     return not sliding and getattr(config, "attn_logit_softcapping", None) is None
 
 
-@dataclass
 class PackedPrefix:
     """What each layer's attention needs for a packed forward: the prompts' ``cache``,
     ``prompt_of`` ``[M]`` (each completion's prompt row), ``tokens`` ``[S]`` (where each
-    packed token sits in the flat ``[M * C]`` rows), the rows' ``width`` ``C`` and the
-    padded layout's ``mask`` ``[M, 1, C, P + C]``."""
+    packed token sits in the flat ``[M * C]`` rows) and the rows' ``width`` ``C``; it counts
+    the layers it served. A plain class, not a dataclass: FSDP copies dataclasses it finds
+    among a forward's inputs, and the layers would then count on a copy."""
 
-    cache: object
-    prompt_of: Tensor
-    tokens: Tensor
-    width: int
-    mask: Tensor
-    layers_seen: int = 0
+    def __init__(self, cache, prompt_of: Tensor, tokens: Tensor, width: int):
+        self.cache, self.prompt_of, self.tokens, self.width = cache, prompt_of, tokens, width
+        self.layers_seen = 0
 
     def unpack(self, states: Tensor) -> Tensor:
         """``[1, heads, S, d]`` to the padded rows ``[M, heads, C, d]`` (zeros at padding)."""
@@ -92,18 +93,16 @@ def packed_prefix_attention(module, query: Tensor, key: Tensor, value: Tensor, a
     prompt = packed.cache.layers[module.layer_idx]
     keys = torch.cat([prompt.keys.index_select(0, packed.prompt_of), packed.unpack(key)], dim=2)
     values = torch.cat([prompt.values.index_select(0, packed.prompt_of), packed.unpack(value)], dim=2)
-    output, _ = sdpa_attention_forward(module, packed.unpack(query), keys, values, packed.mask, dropout=dropout,
+    output, _ = sdpa_attention_forward(module, packed.unpack(query), keys, values, attention_mask, dropout=dropout,
                                        scaling=scaling, is_causal=False)
     packed.layers_seen += 1
     return packed.pack(output), None
 
 
-def _no_mask(*args, **kwargs) -> None:
-    return None  # the packed attention builds the padded layout's mask itself, once per forward
-
-
+# No mask function is registered: the packed forward hands the model the padded layout's
+# 4-D mask, which transformers passes to attention as it is, without building or checking
+# one (a check would read the mask on the host, a device sync per forward).
 ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, packed_prefix_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, _no_mask)
 
 
 @contextlib.contextmanager
@@ -129,10 +128,10 @@ def packed_completions_hidden(decoder, config, cache, prompt_mask: Tensor, promp
     # a real token's later keys, padding among them, are all hidden by the causal part).
     causal = (steps[None, :] <= steps[:, None]).expand(rows, -1, -1)
     mask = torch.cat([prompt_mask.bool().index_select(0, prompt_of)[:, None, :].expand(-1, width, -1), causal], dim=2)
-    packed = PackedPrefix(cache, prompt_of, tokens, width, mask[:, None])
+    packed = PackedPrefix(cache, prompt_of, tokens, width)
     with _attention_implementation(config, IMPLEMENTATION):
-        output = decoder(input_ids=completion_ids.reshape(-1).index_select(0, tokens)[None], position_ids=positions[None],
-                         use_cache=False, **{KEYWORD: packed})
+        output = decoder(input_ids=completion_ids.reshape(-1).index_select(0, tokens)[None], attention_mask=mask[:, None],
+                         position_ids=positions[None], use_cache=False, **{KEYWORD: packed})
     if packed.layers_seen != config.num_hidden_layers:
         raise RuntimeError(f"{type(decoder).__name__}: the packed attention ran in {packed.layers_seen} of "
                            f"{config.num_hidden_layers} layers; this model type cannot run packed")

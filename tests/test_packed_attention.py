@@ -74,6 +74,11 @@ def test_which_models_pack():
                                                               layer_types=["sliding_attention"] * 2, num_hidden_layers=2))
     assert not packed_attention.packs_completions(MistralConfig(attn_implementation="sdpa", sliding_window=16))
     assert not packed_attention.packs_completions(LlamaConfig(attn_implementation="flex_attention"))
+    # dynamic NTK scaling reads the batch's longest position, which packing changes
+    dynamic = LlamaConfig(attn_implementation="sdpa", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
+    assert not packed_attention.packs_completions(dynamic)
+    linear = LlamaConfig(attn_implementation="sdpa", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    assert packed_attention.packs_completions(linear)
     from transformers import GPT2Config
 
     assert not packed_attention.packs_completions(GPT2Config(attn_implementation="sdpa"))

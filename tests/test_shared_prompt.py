@@ -212,3 +212,25 @@ def test_share_prompt_and_gradient_checkpointing_do_not_mix(tiny_tokenizer):
     usual = group_batch([([5, 6, 7], [8, 9]), ([5, 6, 7], [10, 11, 12])], [0, 0])
     shared = {**usual, **group_prefix_layout(usual)}
     torch.testing.assert_close(module.policy_logps(shared).token_logps, module.policy_logps(usual).token_logps)
+
+
+def test_layers_wrapped_for_activation_checkpointing_score_a_prompt_once_batch_as_rows(tiny_tokenizer):
+    """Layers a strategy wraps for activation checkpointing (FSDP's
+    ``activation_checkpointing_policy``) run again in the backward without the prompts'
+    cache: the batch is scored as rows, and the gradients are the usual layout's."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    module = PolicyModule(ModelSettings("builtin:tiny-llama"), create_algorithm("sft"))
+    module.configure_model()
+    usual = group_batch([([5, 6, 7], [8, 9]), ([5, 6, 7], [10, 11, 12])], [0, 0])
+    shared = {**usual, **group_prefix_layout(usual)}
+    module.policy.train()
+    module.policy.zero_grad()
+    module.policy_logps(usual).token_logps.sum().backward()
+    expected = [p.grad.clone() for p in module.policy.parameters()]
+    apply_activation_checkpointing(module.policy, check_fn=lambda layer: isinstance(layer, LlamaDecoderLayer))
+    module.policy.zero_grad()
+    module.policy_logps(shared).token_logps.sum().backward()
+    for got, want in zip([p.grad for p in module.policy.parameters()], expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

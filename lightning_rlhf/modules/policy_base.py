@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper  # what FSDP's activation checkpointing wraps layers in
 
 from lightning_rlhf.algorithm import Algorithm, SequenceLogps
 from lightning_rlhf.data import shared_prompt
@@ -389,12 +390,16 @@ def algorithm_argument(args: tuple, kwargs: dict) -> Algorithm | None:
 
 def drops_cache(model) -> bool:
     """transformers' layers drop a KV cache under gradient checkpointing while they train
-    with grad (``GradientCheckpointingLayer``): a forward that continues from a cache must
-    then run another way."""
+    with grad (``GradientCheckpointingLayer``), and layers a strategy wrapped for activation
+    checkpointing (FSDP's ``activation_checkpointing_policy``) run again in the backward,
+    without the cache's state or the forward's attention: a forward that continues from a
+    cache must then run another way."""
+    if not (model.training and torch.is_grad_enabled()):
+        return False
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # is_gradient_checkpointing before 5.x
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    return bool(checkpointing) and model.training and torch.is_grad_enabled()
+    return bool(checkpointing) or any(isinstance(module, ActivationWrapper) for module in model.modules())
 
 
 def export_policy(model: torch.nn.Module, tokenizer, directory: str | Path, merged: bool = True) -> Path:
