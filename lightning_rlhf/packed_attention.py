@@ -117,10 +117,10 @@ def _attention_implementation(config, name: str) -> Iterator[None]:
 
 def packed_completions_hidden(decoder, config, cache, prompt_mask: Tensor, prompt_of: Tensor, completion_ids: Tensor,
                               tokens: Tensor) -> Tensor:
-    """Last hidden states ``[S, H]`` of the completions ``[M, C]`` (right-padded; ``tokens``:
-    the flat indices of the real ones, in order) continuing
-    from the prompts' ``cache`` (prompts ``[R, P]`` left-padded, ``prompt_mask``), in the
-    order of ``tokens``."""
+    """Last hidden states ``[S, H]``, in the order of ``tokens``, of the completions
+    ``[M, C]`` (right-padded; ``tokens``: the flat indices of their real tokens, in order)
+    continuing from the prompts' ``cache`` (prompts ``[R, P]`` left-padded, ``prompt_mask``;
+    ``prompt_of``: each completion's prompt row)."""
     rows, width = completion_ids.shape
     steps = torch.arange(width, device=completion_ids.device)
     positions = (prompt_mask.sum(-1).index_select(0, prompt_of)[:, None] + steps).reshape(-1).index_select(0, tokens)
