@@ -203,7 +203,7 @@ class PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
     # Repeating and selecting rows copy only the filled positions into fresh buffers: right
-    # after the prefill a prompt fills a fifth of the room its completion needs.
+    # after the prefill a prompt fills about a quarter of the room its completion needs here.
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._rebuild(lambda filled: filled.repeat_interleave(repeats, dim=0))
 
