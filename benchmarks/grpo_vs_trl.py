@@ -132,7 +132,8 @@ def run_ours(spec: dict) -> dict:
         reward=FunctionReward("lightning_rlhf.rewards.answers.exact_answer"),
         online=OnlineSettings(sample_table_every_n_steps=0, generation_batch_size=spec["prompts_per_step"] * spec["group"],
                               engine=spec["engine"], micro_batch_size=spec["micro_batch_size"],
-                              share_prompt=spec["layout"] == "share-prompt", group_by_length=spec["layout"] == "by-length"),
+                              share_prompt=spec["layout"] == "share-prompt", group_by_length=spec["layout"] == "by-length",
+                              sampler_logps=spec.get("sampler_logps", False)),
     )
     data = PromptDataModule(path=spec["data_path"], batch_size=spec["prompts_per_step"], max_length=spec["max_length"],
                             max_prompt_length=spec["max_prompt_length"], seed=spec["seed"])
@@ -241,6 +242,8 @@ def main() -> None:
                         help="ours: how the loss's forwards lay rows out: share-prompt (online.share_prompt: each prompt "
                         "once, its samples continuing from its cache, packed to their real tokens), by-length (online.group_by_length: micro-batches of rows of like "
                         "length), rows (one row per sample, micro-batches in rollout order, as TRL)")
+    parser.add_argument("--sampler-logps", action="store_true", help="ours: online.sampler_logps (the engine's "
+                        "log-probs of what it drew stand in for the rollout's policy forward: RLOO's KL in the reward)")
     parser.add_argument("--compile", action="store_true", help="both sides: torch.compile the training forward "
                         "(ours: compile_policy; TRL: torch_compile)")
     parser.add_argument("--out", default=None, help="default: runs/bench-<algorithm>")
@@ -264,12 +267,14 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": 24, "max_length": 24 + args.max_new_tokens,
             "steps": args.steps, "warmup": args.warmup, "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay, "rloo_beta": args.rloo_beta, "seed": args.seed, "engine": args.engine,
-            "micro_batch_size": args.micro_batch_size or None, "layout": args.layout, "compile": args.compile}
+            "micro_batch_size": args.micro_batch_size or None, "layout": args.layout, "compile": args.compile,
+            "sampler_logps": args.sampler_logps}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     print(f"{args.algorithm}: {args.model} ({spec['model_dir']}), {args.prompts_per_step} prompts x {args.group} completions "
           f"per step, {args.max_new_tokens} new tokens at most, {args.steps} steps ({args.warmup} warm-up), fp32; "
-          f"ours: engine {args.engine}, micro-batches of {args.micro_batch_size or 'all'} rows, layout {args.layout}")
+          f"ours: engine {args.engine}, micro-batches of {args.micro_batch_size or 'all'} rows, layout {args.layout}"
+          f"{', the engine log-probs' if args.sampler_logps else ''}")
     results: dict[str, list[dict]] = {side: [] for side in WORKERS}
     for repeat in range(args.repeats):
         for side in WORKERS:

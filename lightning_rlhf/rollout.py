@@ -44,6 +44,10 @@ class Rollout:
     """[N] bool: the policy wrote EOS within max_new_tokens"""
     lengths: Tensor
     """[N] completion tokens, EOS counted"""
+    sampler_logps: Tensor | None = None
+    """[N, T-1] (aligned with ``policy_logps``: column c scores token c + 1) the log-probability
+    each completion token was drawn with, from the engine (``return_logps``); 0 off the
+    completions. None unless asked for"""
 
 
 @torch.no_grad()
@@ -54,27 +58,45 @@ def generate_rollout(
     settings: SamplingSettings,
     device: torch.device,
     n: int = 1,
+    return_logps: bool = False,
 ) -> Rollout:
     """Sample ``n`` completions of each prompt (token-id lists, BOS included) through
-    ``engine``: rows ``i * n`` to ``i * n + n - 1`` are prompt i's.
+    ``engine``: rows ``i * n`` to ``i * n + n - 1`` are prompt i's. ``return_logps``: keep
+    the engine's log-probability of each sampled token (``Rollout.sampler_logps``).
 
     Sampling uses the caller's RNG (seeded by the trainer). A plugin that scores the tokens
     (importance ratios, KL) does so with the full softmax at ``settings.temperature``, and
     must sample from that distribution: temperature only, no top-p or top-k (PPO refuses
     anything else).
     """
-    groups = engine.generate(prompt_ids, n, settings)
+    # the keyword only where asked for: an engine of one's own may not take it
+    groups = engine.generate(prompt_ids, n, settings, **({"return_logps": True} if return_logps else {}))
     if len(groups) != len(prompt_ids) or any(len(group) != n for group in groups):
         raise ValueError(f"{type(engine).__name__}.generate returned {[len(g) for g in groups]} samples for "
                          f"{len(prompt_ids)} prompts, n = {n}")
     rows = [(list(prompt), sample) for prompt, group in zip(prompt_ids, groups) for sample in group]
     batch = pad_sequences([(prompt, sample.token_ids) for prompt, sample in rows], pad_token_id(tokenizer))
     batch["group_index"] = torch.arange(len(prompt_ids)).repeat_interleave(n)
+    sampler_logps = None
+    if return_logps:
+        sampler_logps = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+        for i, (prompt, sample) in enumerate(rows):
+            if sample.logps is None or len(sample.logps) != len(sample.token_ids):
+                raise ValueError(f"{type(engine).__name__}.generate(return_logps=True) gave no log-probability for "
+                                 f"each sampled token")
+            # completion token j sits at position len(prompt) + j, scored by column len(prompt) + j - 1
+            # (with no prompt, the first token has no column: nothing predicts it)
+            values, start = torch.tensor(sample.logps), len(prompt) - 1
+            if start < 0:
+                values, start = values[1:], 0
+            sampler_logps[i, start : start + len(values)] = values
+        sampler_logps = sampler_logps.to(device)
     return Rollout(
         batch={k: v.to(device) for k, v in batch.items()},
         completions=[sample.text for _, sample in rows],
         finished=torch.tensor([sample.finished for _, sample in rows], dtype=torch.bool, device=device),
         lengths=torch.tensor([sample.length for _, sample in rows], dtype=torch.long, device=device),
+        sampler_logps=sampler_logps,
     )
 
 
@@ -91,8 +113,11 @@ def concat_rollouts(rollouts: Sequence[Rollout]) -> Rollout:
     if all("group_index" in r.batch for r in rollouts):
         offsets = itertools.accumulate([int(r.batch["group_index"].max()) + 1 for r in rollouts[:-1]], initial=0)
         batch["group_index"] = torch.cat([r.batch["group_index"] + offset for r, offset in zip(rollouts, offsets)])
+    sampler_logps = None
+    if all(r.sampler_logps is not None for r in rollouts):
+        sampler_logps = torch.cat([torch.nn.functional.pad(r.sampler_logps, (0, width - 1 - r.sampler_logps.shape[1])) for r in rollouts])
     return Rollout(batch, [c for r in rollouts for c in r.completions],
-                   torch.cat([r.finished for r in rollouts]), torch.cat([r.lengths for r in rollouts]))
+                   torch.cat([r.finished for r in rollouts]), torch.cat([r.lengths for r in rollouts]), sampler_logps)
 
 
 def penalise_missing_eos(scores: Tensor, finished: Tensor, penalty: float) -> Tensor:

@@ -186,9 +186,12 @@ class GRPO(OnlineAlgorithm):
         rewards = self._rewards(scores, sampled)
         full = sampled.batch
         mask = full["completion_mask"][:, 1:]
-        policy_full = log_ratio = None
+        # the engine's log-probs of what it drew, where the module keeps them (online.sampler_logps)
+        policy_full = sampled.sampler_logps
+        log_ratio = None
         if self.beta > 0 and not self.kl_in_loss:  # the KL penalty goes into the reward
-            policy_full = ctx.policy_logps(full, temperature=self.temperature).token_logps
+            if policy_full is None:
+                policy_full = ctx.policy_logps(full, temperature=self.temperature).token_logps
             log_ratio = (policy_full - ctx.reference_logps(full, temperature=self.temperature).token_logps) * mask
         # A reward may leave a sample out (None, read as NaN): it gets no advantage and no
         # loss, and its group's statistics are taken over the others.

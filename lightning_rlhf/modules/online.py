@@ -72,6 +72,14 @@ class OnlineSettings:
     """rows per forward without grad during a rollout (the policy's, the reference's and the
     critic's log-probs and values, each piece trimmed of its own padding); None:
     ``micro_batch_size``, and the whole rollout when that is None too"""
+    sampler_logps: bool = False
+    """take the policy's log-probs of a rollout's tokens from the engine that drew them (the
+    log-probability each was sampled with) where a plugin needs them at rollout time (the
+    GRPO family: a KL penalty in the reward, pi_old when a rollout serves several optimiser
+    steps): one policy forward fewer per rollout. Only for rollouts sampled at a
+    temperature with no top-p (the distribution drawn from is then the one the loss
+    scores); this module's engines give the forward's numbers up to rounding, a serving
+    engine its own"""
     max_grad_norm: float | None = 1.0
     """clip the policy's gradient norm before each step (the critic's is clipped on its own,
     ``critic.max_grad_norm``); None: no clipping"""
@@ -132,6 +140,10 @@ class OnlineMixin:
     """Rollouts, critic and the manual update loop; mixed into OnlinePolicyModule."""
 
     # -- models ---------------------------------------------------------------------------
+    @property
+    def keeps_sampler_logps(self) -> bool:
+        return self.online_settings.sampler_logps
+
     def build_rollout_engine(self):
         """The engine ``online.engine`` names, on the live policy."""
         return make_engine(self.online_settings.engine, self.policy, self.tokenizer, self.online_settings.generation_batch_size)

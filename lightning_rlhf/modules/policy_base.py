@@ -212,10 +212,17 @@ class PolicyModuleBase(HandOver, L.LightningModule):
         if self.rollout_engine is None:
             self.rollout_engine = self.build_rollout_engine()
         settings = SamplingSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device, n)
+        rollout = generate_rollout(self.rollout_engine, self.tokenizer, prompt_ids, settings, self.device, n,
+                                   return_logps=self.keeps_sampler_logps and top_p == 1.0)
         self._generation_seconds += time.perf_counter() - start
         self._generated_tokens += int(rollout.lengths.sum())
         return rollout
+
+    @property
+    def keeps_sampler_logps(self) -> bool:
+        """Whether rollouts keep the engine's log-probabilities of the tokens it drew
+        (``Rollout.sampler_logps``; the online module lets a setting choose)."""
+        return False
 
     def build_rollout_engine(self) -> RolloutEngine:
         """What samples this module's completions (the online module lets a setting choose)."""
