@@ -59,3 +59,31 @@ def letter_e_before_and_after(directory: Path, algorithm, epochs: int = 6, learn
     finally:
         torch.set_num_threads(threads)
     return before, after, trainer
+
+
+def tiny_online_fit(directory: Path, algorithm, online, steps: int = 4, eps: float = 1e-8) -> tuple[list[float], torch.Tensor]:
+    """``steps`` optimiser steps of the tiny model on 8 prompts rewarded for the letter e,
+    seeded: each step's logged loss, and the policy's weights at the end, flat (for fits
+    that must take the same steps whatever an engineering setting in ``online`` says)."""
+    import lightning as L
+
+    from lightning_rlhf.models.config import ModelSettings
+    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
+    from lightning_rlhf.modules.optim import OptimizerSettings
+    from lightning_rlhf.rewards import FunctionReward
+
+    L.seed_everything(0)
+    module = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), algorithm,
+                                reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
+                                optimizer=OptimizerSettings(learning_rate=1e-2, schedule="constant", eps=eps), online=online)
+    data = PromptDataModule(path=str(write_prompts(directory, count=8)), batch_size=4, max_length=32)
+    losses = []
+
+    class Losses(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Losses()])
+    trainer.fit(module, data)
+    return losses, torch.cat([p.detach().flatten() for p in module.policy.parameters()])

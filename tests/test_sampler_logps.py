@@ -49,12 +49,7 @@ def test_an_online_fit_with_the_engines_log_probs_trains_as_with_a_forward(tmp_p
     or of rounding, and Adam with its usual eps moves a weight by the whole learning rate
     whatever its gradient's size. An eps of 1e-3 scales such gradients' steps to nothing
     and leaves the real ones' near the learning rate."""
-    import lightning as L
-
-    from lightning_rlhf.data import PromptDataModule
-    from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.rewards import FunctionReward
-    from tests.online_learning import write_prompts
+    from tests.online_learning import tiny_online_fit
 
     rollout_forwards = []
     original = OnlinePolicyModule.policy_logps
@@ -67,27 +62,11 @@ def test_an_online_fit_with_the_engines_log_probs_trains_as_with_a_forward(tmp_p
     monkeypatch.setattr(OnlinePolicyModule, "policy_logps", counted)
     losses, weights, forwards = {}, {}, {}
     for from_sampler in (False, True):
-        L.seed_everything(0)
         rollout_forwards.clear()
         algorithm = create_algorithm(name, num_generations=4, max_new_tokens=6, **settings)
-        module = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), algorithm,
-                                    reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
-                                    optimizer=OptimizerSettings(learning_rate=1e-2, schedule="constant", eps=1e-3),
-                                    online=OnlineSettings(sample_table_every_n_steps=0, engine="decode",
-                                                          sampler_logps=from_sampler))
-        data = PromptDataModule(path=str(write_prompts(tmp_path, count=8)), batch_size=4, max_length=32)
-        seen = []
-
-        class Losses(L.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                seen.append(float(trainer.callback_metrics["train/loss"]))
-
-        trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                            callbacks=[Losses()])
-        trainer.fit(module, data)
-        losses[from_sampler], forwards[from_sampler] = seen, len(rollout_forwards)
-        weights[from_sampler] = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        online = OnlineSettings(sample_table_every_n_steps=0, engine="decode", sampler_logps=from_sampler)
+        losses[from_sampler], weights[from_sampler] = tiny_online_fit(tmp_path, algorithm, online, eps=1e-3)
+        forwards[from_sampler] = len(rollout_forwards)
     assert forwards[False] > 0 and forwards[True] == 0
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
     torch.testing.assert_close(weights[True], weights[False], atol=3e-4, rtol=1e-4)

@@ -156,38 +156,16 @@ def test_online_share_prompt_trains_as_the_usual_layout(tmp_path, name, settings
     original = shared_prompt.group_prefix_hidden
     monkeypatch.setattr(shared_prompt, "group_prefix_hidden",
                         lambda *args: prefix_forwards.append(torch.is_grad_enabled()) or original(*args))
-    import lightning as L
-
-    from lightning_rlhf.data import PromptDataModule
     from lightning_rlhf.modules.online import OnlineSettings
-    from lightning_rlhf.modules.online_policy import OnlinePolicyModule
-    from lightning_rlhf.modules.optim import OptimizerSettings
-    from lightning_rlhf.rewards import FunctionReward
-    from tests.online_learning import write_prompts
+    from tests.online_learning import tiny_online_fit
 
     with pytest.raises(ValueError, match="share_prompt"):
         OnlineSettings(share_prompt=True, group_by_length=True)
     losses, weights = {}, {}
     for share in (False, True):
-        L.seed_everything(0)
         algorithm = create_algorithm(name, num_generations=4, max_new_tokens=6, **settings)
-        module = OnlinePolicyModule(ModelSettings("builtin:tiny-llama"), algorithm,
-                                    reward=FunctionReward("lightning_rlhf.rewards.rules.letter_e_reward"),
-                                    optimizer=OptimizerSettings(learning_rate=1e-2, schedule="constant"),
-                                    online=OnlineSettings(sample_table_every_n_steps=0, micro_batch_size=8,
-                                                          rollout_batch_size=6, share_prompt=share))
-        data = PromptDataModule(path=str(write_prompts(tmp_path, count=8)), batch_size=4, max_length=32)
-        seen = []
-
-        class Losses(L.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                seen.append(float(trainer.callback_metrics["train/loss"]))
-
-        trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                            callbacks=[Losses()])
-        trainer.fit(module, data)
-        losses[share], weights[share] = seen, torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        online = OnlineSettings(sample_table_every_n_steps=0, micro_batch_size=8, rollout_batch_size=6, share_prompt=share)
+        losses[share], weights[share] = tiny_online_fit(tmp_path, algorithm, online)
         # with it, the loss's forwards (grad) and the rollout's scoring (no grad) take the prompt once
         assert (set(prefix_forwards) == {True, False}) if share else not prefix_forwards
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
