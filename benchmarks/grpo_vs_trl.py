@@ -218,7 +218,7 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithm", default="grpo", choices=["grpo", "rloo"])
     parser.add_argument("--model", default="builtin:arithmetic", help="a builtin: name or a model directory")
@@ -240,8 +240,8 @@ def main() -> None:
                         "at once, as TRL runs them")
     parser.add_argument("--layout", choices=["share-prompt", "by-length", "rows"], default="share-prompt",
                         help="ours: how the loss's forwards lay rows out: share-prompt (online.share_prompt: each prompt "
-                        "once, its samples continuing from its cache, packed to their real tokens), by-length (online.group_by_length: micro-batches of rows of like "
-                        "length), rows (one row per sample, micro-batches in rollout order, as TRL)")
+                        "once, its samples continuing from its cache, packed to their real tokens), by-length "
+                        "(online.group_by_length: micro-batches of rows of like length), rows (one row per sample, micro-batches in rollout order, as TRL)")
     parser.add_argument("--sampler-logps", action="store_true", help="ours: online.sampler_logps (the engine's "
                         "log-probs of what it drew stand in for the rollout's policy forward: RLOO's KL in the reward)")
     parser.add_argument("--compile", action="store_true", help="both sides: torch.compile the training forward "
@@ -249,17 +249,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: runs/bench-<algorithm>")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        harness.emit(WORKERS[args.worker](json.loads(Path(args.spec).read_text())))
-        return
+    return parser
 
+
+def write_spec(args: argparse.Namespace, work: Path) -> Path:
+    """The workers' spec for ``args`` (this script's command line), with its prompt file, in ``work``."""
     from lightning_rlhf.models.builtin import resolve
     from lightning_rlhf.toyworld.arithmetic import write_prompts
 
-    out = Path(args.out or f"runs/bench-{args.algorithm}")
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
     # Enough distinct train-split prompts for every step, in file order (neither side repeats one).
     write_prompts(work / "prompts.jsonl", args.steps * args.prompts_per_step, "train", args.seed)
     spec = {"algorithm": args.algorithm, "model_dir": resolve(args.model), "data_path": str(work / "prompts.jsonl"),
@@ -271,6 +268,19 @@ def main() -> None:
             "sampler_logps": args.sampler_logps}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
+    return spec_path
+
+
+def main() -> None:
+    args = command_line().parse_args()
+    if args.worker:
+        harness.emit(WORKERS[args.worker](json.loads(Path(args.spec).read_text())))
+        return
+
+    out = Path(args.out or f"runs/bench-{args.algorithm}")
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = write_spec(args, Path(tempfile.mkdtemp(prefix="bench-grpo-")))
+    spec = json.loads(spec_path.read_text())
     print(f"{args.algorithm}: {args.model} ({spec['model_dir']}), {args.prompts_per_step} prompts x {args.group} completions "
           f"per step, {args.max_new_tokens} new tokens at most, {args.steps} steps ({args.warmup} warm-up), fp32; "
           f"ours: engine {args.engine}, micro-batches of {args.micro_batch_size or 'all'} rows, layout {args.layout}"

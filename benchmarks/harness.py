@@ -12,8 +12,9 @@ Fairness rules every comparison here keeps (and prints):
 - one process per run, so peak memory (the process's peak resident set, ``ru_maxrss``)
   is that run's alone; runs alternate A B A B ..., so a change in machine load hits both;
 - each run starts from the environment the benchmark was started with, not the one this
-  process has by then: importing ``lightning_rlhf`` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless
-  it was set), which is lightning-rlhf's default and must not become the other trainer's;
+  process has by then: importing ``lightning_rlhf`` may set ``OMP_WAIT_POLICY``
+  (``lightning_rlhf.wait_policy``), which is lightning-rlhf's choice and must not become
+  the other trainer's;
 - throughput is measured between the end of the last warm-up step and the end of the
   last step (optimizer step, data loading and logging included), from callbacks in each
   trainer.

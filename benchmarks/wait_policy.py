@@ -43,20 +43,15 @@ def main() -> None:
     parser.add_argument("--out", default="runs/wait-policy/results.json")
     args = parser.parse_args()
 
-    from lightning_rlhf.models.builtin import resolve
-    from lightning_rlhf.toyworld.arithmetic import write_prompts
+    import grpo_vs_trl
 
-    work = Path(tempfile.mkdtemp(prefix="bench-wait-"))
-    write_prompts(work / "prompts.jsonl", args.steps * 16, "train", 0)
-    spec = {"algorithm": "grpo", "model_dir": resolve("builtin:arithmetic"), "data_path": str(work / "prompts.jsonl"),
-            "work_dir": str(work), "prompts_per_step": 16, "group": 8, "max_new_tokens": 40, "max_prompt_length": 24,
-            "max_length": 64, "steps": args.steps, "warmup": min(3, args.steps - 1), "learning_rate": 1e-5,
-            "weight_decay": 0.0, "rloo_beta": 0.05, "seed": 0, "engine": "decode", "micro_batch_size": 32,
-            "layout": "share-prompt", "compile": False}
-    (work / "spec.json").write_text(json.dumps(spec))
+    # the GRPO benchmark's defaults, in micro-batches of 32 rows as the README's table was measured
+    grpo_args = grpo_vs_trl.command_line().parse_args(
+        ["--steps", str(args.steps), "--warmup", str(min(3, args.steps - 1)), "--micro-batch-size", "32"])
+    spec_path = grpo_vs_trl.write_spec(grpo_args, Path(tempfile.mkdtemp(prefix="bench-wait-")))
     # torch first: the environment given decides how its threads wait, not the package's choice
     command = [sys.executable, "-c", "import torch, runpy, sys; sys.argv = sys.argv[1:]; "
-               "runpy.run_path(sys.argv[0], run_name='__main__')", str(GRPO), "--worker", "ours", "--spec", str(work / "spec.json")]
+               "runpy.run_path(sys.argv[0], run_name='__main__')", str(GRPO), "--worker", "ours", "--spec", str(spec_path)]
     results = {condition: {name: [] for name in args.settings} for condition in args.conditions}
     for condition in args.conditions:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition != "alone" else None
